@@ -1,0 +1,166 @@
+"""What a gateway does while it holds the election lock: own every board and run the passes.
+
+On taking over, the leader opens every live board, sets each board's owner epoch to one
+more than the highest it finds (so a stale leader's writes are rejected), writes the owner
+record, and logs each board with its task counts. Then it runs the leader services (the
+dispatcher and the notifier) until it is told to stop, loses the lock file, or is fenced
+out. A graceful stop stops the services first, closes the boards, and releases the lock last.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kanban.election import LeaderLock, owner_record, read_owner_record, write_owner_record
+from kanban.home import Home
+from kanban.store import Board, BoardError, FencedOut
+
+log = logging.getLogger(__name__)
+
+# How often the leader checks the lock file and rescans the boards when nothing wakes it.
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class SteppedDown(Exception):
+    """The leader can no longer lead (lock file replaced, or fenced out by a newer epoch)."""
+
+
+class LeaderService(Protocol):
+    """A job that only the leader runs, once per pass, over the open boards."""
+
+    name: str
+
+    def run_pass(self, boards: dict[str, Board]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class LeaderRuntime:
+    """The boards and services of a leader, from takeover to step-down."""
+
+    def __init__(self, home: Home, profile: str, lock: LeaderLock, report: Callable[..., None],
+                 services: list[LeaderService] | None = None):
+        self.home = home
+        self.profile = profile
+        self.lock = lock
+        self.report = report
+        self.services = services or []
+        self.boards: dict[str, Board] = {}
+        self.skipped_boards: dict[str, str] = {}
+        self.epoch = 0
+        self.wake = threading.Event()
+
+    # Takeover
+
+    def take_over(self) -> None:
+        started = time.monotonic()
+        self.open_boards()
+        self.epoch = self._next_epoch()
+        for board in list(self.boards.values()):
+            self._take_ownership(board)
+        write_owner_record(self.home.owner_record_path, owner_record(self.profile, self.epoch))
+
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.info("leader %s took over with epoch %d: %d board(s) open in %.1f ms",
+                 self.profile, self.epoch, len(self.boards), elapsed_ms)
+        for board in self.boards.values():
+            log.info("opened board %s (%s): %s", board.slug, board.path, _format_counts(board.task_counts()))
+
+    def open_boards(self) -> None:
+        """Open every live board not yet open; a board that cannot be used is logged once and skipped."""
+        for slug in self.home.board_slugs():
+            if slug in self.boards:
+                continue
+            try:
+                board = Board(slug, self.home.board_path(slug))
+            except BoardError as error:
+                if self.skipped_boards.get(slug) != str(error):
+                    log.error("skipping board %s: %s", slug, error)
+                self.skipped_boards[slug] = str(error)
+                continue
+            self.skipped_boards.pop(slug, None)
+            self.boards[slug] = board
+            if self.epoch:
+                self._take_ownership(board)
+                log.info("opened new board %s (%s): %s", slug, board.path, _format_counts(board.task_counts()))
+
+    def _next_epoch(self) -> int:
+        highest = 0
+        for board in self.boards.values():
+            highest = max(highest, board.stored_epoch())
+        record = read_owner_record(self.home.owner_record_path) or {}
+        recorded = record.get("epoch")
+        if isinstance(recorded, int):
+            highest = max(highest, recorded)
+        return highest + 1
+
+    def _take_ownership(self, board: Board) -> None:
+        try:
+            board.take_ownership(self.epoch, self.profile)
+        except FencedOut as error:
+            raise SteppedDown(str(error)) from error
+
+    # The loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Run passes until `stop` is set; raise SteppedDown when leadership is lost."""
+        self.take_over()
+        self.report_boards()
+        last_report = time.monotonic()
+
+        while not stop.is_set():
+            self.check_lock_file()
+            self.open_boards()
+            self.run_services()
+
+            if time.monotonic() - last_report >= HOUSEKEEPING_SECONDS:
+                self.report_boards()
+                last_report = time.monotonic()
+
+            self.wake.wait(HOUSEKEEPING_SECONDS)
+            self.wake.clear()
+
+    def check_lock_file(self) -> None:
+        if not self.lock.still_names_held_file():
+            raise SteppedDown(f"the lock file {self.lock.path} was removed or replaced; "
+                              "this leader no longer holds the lock that others see")
+
+    def run_services(self) -> None:
+        for service in self.services:
+            try:
+                service.run_pass(self.boards)
+            except FencedOut as error:
+                raise SteppedDown(str(error)) from error
+
+    def report_boards(self) -> None:
+        counts: dict[str, Any] = {}
+        for slug, board in self.boards.items():
+            try:
+                counts[slug] = board.task_counts()
+            except Exception as error:  # noqa: BLE001 - a broken board must not stop the report
+                log.error("cannot count tasks on board %s: %s", slug, error)
+        self.report("boards", boards=counts, skipped=self.skipped_boards, epoch=self.epoch)
+
+    # Step-down
+
+    def shut_down(self) -> None:
+        """Stop the services, then close the boards; the caller releases the lock afterwards."""
+        for service in self.services:
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                log.exception("error stopping leader service %s", service.name)
+        for board in self.boards.values():
+            board.close()
+        self.boards.clear()
+        log.info("leader %s closed its boards", self.profile)
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    if not counts:
+        return "no tasks"
+    return ", ".join(f"{status}={count}" for status, count in sorted(counts.items()))

@@ -1,0 +1,121 @@
+"""Entry point of a gateway process: `python -m gateway --home ROOT --profile NAME ...`.
+
+The supervisor starts one per profile and passes the profile's resolved
+`dispatch_in_gateway` explicitly; the gateway does not resolve it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from gateway.candidate import Candidate
+from gateway.parent import ParentChannel, request_parent_death_signal
+from kanban.home import Home
+from kanban.profiles import ConfigError, load_profile, read_config_file
+
+log = logging.getLogger("gateway")
+
+EXIT_OK = 0
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: the profile's configuration is unusable
+EXIT_STEPPED_DOWN = 75  # EX_TEMPFAIL: lost the leadership; the supervisor restarts the gateway as a candidate
+
+HEARTBEAT_SECONDS = 2.0
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Run one Hermes profile's gateway.")
+    parser.add_argument("--home", required=True, help="root of the Hermes home")
+    parser.add_argument("--profile", required=True, help="profile name")
+    parser.add_argument("--dispatch-in-gateway", required=True, choices=["true", "false"],
+                        help="whether this gateway competes for the kanban election lock")
+    parser.add_argument("--parent-fd", type=int, default=None, help="inherited channel to the supervisor")
+    parser.add_argument("--parent-pid", type=int, default=None, help="pid of the supervisor")
+    parser.add_argument("--run-dir", default=None, help="directory for the gateway's sockets")
+    return parser.parse_args(argv)
+
+
+def configure_logging(profile: str) -> None:
+    logging.basicConfig(
+        level=os.environ.get("HERMESD_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s gateway[{profile}:%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class Gateway:
+    """One profile's gateway: reports to the supervisor and, if a candidate, runs the election."""
+
+    def __init__(self, arguments: argparse.Namespace):
+        self.arguments = arguments
+        self.home = Home.resolve(arguments.home)
+        self.profile_name = arguments.profile
+        self.dispatch_in_gateway = arguments.dispatch_in_gateway == "true"
+        self.channel = ParentChannel(arguments.parent_fd)
+        self.stop = threading.Event()
+        self.candidate: Candidate | None = None
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self.stop.set()
+        if self.candidate is not None:
+            self.candidate.wake()
+
+    def run(self) -> int:
+        profile = load_profile(self.home, self.profile_name)
+        if profile.error is not None:
+            log.error("cannot start: %s", profile.error.describe())
+            self.channel.send("fatal", error=profile.error.describe())
+            return EXIT_CONFIG
+        try:
+            root_config = read_config_file(self.home.root / "config.yaml")
+        except ConfigError as error:
+            log.error("cannot start: %s", error.describe())
+            self.channel.send("fatal", error=error.describe())
+            return EXIT_CONFIG
+
+        log.info("gateway %s started (pid %d, dispatch_in_gateway=%s)", self.profile_name, os.getpid(),
+                 str(self.dispatch_in_gateway).lower())
+        self.channel.watch_for_close(self.stop.set)
+        self.channel.send("ready", pid=os.getpid())
+
+        if self.dispatch_in_gateway:
+            self.candidate = Candidate(self.home, self.profile_name, root_config, profile.config,
+                                       self.channel.send, self.stop)
+            self.candidate.start()
+        else:
+            log.info("dispatch_in_gateway is false: this gateway never opens a board database")
+            self.channel.send("role", role="off")
+
+        while not self.stop.wait(HEARTBEAT_SECONDS):
+            self.channel.send("heartbeat")
+
+        return self._shut_down()
+
+    def _shut_down(self) -> int:
+        if self.candidate is not None:
+            self.candidate.wake()
+            self.candidate.join(timeout=10)
+            if self.candidate.stepped_down:
+                log.info("gateway %s exits after stepping down", self.profile_name)
+                return EXIT_STEPPED_DOWN
+        log.info("gateway %s stopped", self.profile_name)
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    configure_logging(arguments.profile)
+    request_parent_death_signal(arguments.parent_pid)
+    gateway = Gateway(arguments)
+    gateway.install_signal_handlers()
+    return gateway.run()

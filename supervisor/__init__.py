@@ -1,0 +1,1 @@
+"""The supervisor (the `hermesd` parent process) and the `hermesd` command line."""

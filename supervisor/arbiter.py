@@ -1,0 +1,653 @@
+"""The supervisor: starts one gateway per profile and keeps them in the state the user asked for.
+
+One thread runs one loop. Signals are queued by their handlers and woken through
+`signal.set_wakeup_fd`, so the loop handles them between other work, as gunicorn's
+arbiter does. Each pass waits on the control socket, the gateways' channels and output
+pipes, then reaps exited processes, applies the restart policy and writes the state file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import filelock
+import psutil
+
+from kanban.election import lock_holders
+from kanban.home import DEFAULT_PROFILE, Home
+from kanban.profiles import ConfigError, Profile, load_profiles, read_config_file
+from supervisor import child as states
+from supervisor.child import GatewayChild, RestartPolicy
+from supervisor.control import ControlError, bind_control_socket, peer_is_allowed, read_message, send_message
+from supervisor.paths import StatePaths
+from supervisor.processes import start_time
+from supervisor.sdnotify import SystemdNotifier
+from supervisor.statefile import write_state
+
+log = logging.getLogger("hermesd")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+# How long other candidates wait for `default` to take the lock first, so the leader is predictable.
+LEADER_FIRST_SECONDS = 5.0
+# Longest sleep of the loop; timers (backoff, stop deadlines, watchdog) may wake it earlier.
+LOOP_SECONDS = 1.0
+# Time to let a gateway's leftover descendants exit after SIGTERM before SIGKILL.
+ORPHAN_GRACE_SECONDS = 2.0
+
+
+class AlreadyRunning(Exception):
+    def __init__(self, pid: int | None):
+        self.pid = pid
+        super().__init__(f"a supervisor is already running for this home (pid {pid})")
+
+
+class Supervisor:
+    """The parent process of every gateway of one home."""
+
+    def __init__(self, home: Home, only: list[str] | None = None):
+        self.home = home
+        self.paths = StatePaths(home)
+        self.only = only
+        self.children: dict[str, GatewayChild] = {}
+        self.wanted: list[str] = []
+        self.removed: set[str] = set()
+        self.next_start: dict[str, float] = {}
+        self.stop_reasons: dict[str, str] = {}
+        self.selector = selectors.DefaultSelector()
+        self.signal_queue: list[int] = []
+        self.shutting_down = False
+        self.state_dirty = True
+        self.notifier = SystemdNotifier()
+        self.announced_ready = False
+        self.last_watchdog = 0.0
+        self.last_status_line = ""
+        self.leader_hold_until = 0.0
+        self.started_at = time.time()
+        self.policy = RestartPolicy()
+        self._lock = filelock.UnixFileLock(str(self.paths.supervisor_lock), mode=0o600, blocking=False,
+                                           fallback_to_soft=False, preserve_lock_file=True, thread_local=False)
+        self._control: socket.socket | None = None
+        self._wakeup_read: socket.socket | None = None
+
+    # Setup and teardown
+
+    def acquire_home(self) -> None:
+        """Take the one-supervisor-per-home lock; raise AlreadyRunning when another supervisor holds it."""
+        self.paths.create()
+        try:
+            self._lock.acquire(blocking=False)
+        except filelock.Timeout:
+            holders = lock_holders(self.paths.supervisor_lock)
+            raise AlreadyRunning(holders[0].pid if holders else None) from None
+
+    def setup(self) -> None:
+        become_subreaper()
+        self._install_signal_handlers()
+        self._control = bind_control_socket(self.paths.control_socket)
+        self.selector.register(self._control, selectors.EVENT_READ, ("control", None))
+        self.policy = RestartPolicy.from_config(self._root_config())
+        log.info("supervisor started (pid %d) for home %s", os.getpid(), self.home.root)
+
+        for profile in load_profiles(self.home):
+            self._add_child(profile)
+        self.wanted = list(self.only) if self.only else list(self.children)
+        self.leader_hold_until = time.monotonic() + LEADER_FIRST_SECONDS
+        for name in self.wanted:
+            self._queue_start(name)
+
+    def _root_config(self) -> dict[str, Any]:
+        try:
+            return read_config_file(self.home.root / "config.yaml")
+        except ConfigError:
+            return {}  # the default profile reports this error itself
+
+    def _install_signal_handlers(self) -> None:
+        self._wakeup_read, wakeup_write = socket.socketpair()
+        self._wakeup_read.setblocking(False)
+        wakeup_write.setblocking(False)
+        self._wakeup_write = wakeup_write
+        signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._queue_signal)
+        self.selector.register(self._wakeup_read, selectors.EVENT_READ, ("wakeup", None))
+
+    def _queue_signal(self, signum: int, _frame: object) -> None:
+        self.signal_queue.append(signum)
+
+    def _add_child(self, profile: Profile) -> GatewayChild:
+        child = GatewayChild(profile, self.paths.gateway_log(profile.name), self.policy)
+        if profile.error is not None:
+            child.state = states.FATAL
+            log.error("profile %s is not started: %s", profile.name, profile.error.describe())
+        self.children[profile.name] = child
+        return child
+
+    def run(self) -> int:
+        self.setup()
+        try:
+            self.loop()
+        finally:
+            self.teardown()
+        return 0
+
+    def teardown(self) -> None:
+        self._kill_leftover_descendants()
+        if self._control is not None:
+            self._control.close()
+            self.paths.control_socket.unlink(missing_ok=True)
+        self.write_state(running=False)
+        self._lock.release()
+        log.info("supervisor stopped (pid %d)", os.getpid())
+
+    # The loop
+
+    def loop(self) -> None:
+        while True:
+            for key, _events in self.selector.select(self._next_timeout()):
+                self._handle_readable(key)
+            self._handle_signals()
+            self._reap()
+            self._tick()
+
+            if self.state_dirty:
+                self.write_state(running=True)
+            self._notify_systemd()
+
+            if self.shutting_down and not any(child.is_active for child in self.children.values()):
+                return
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        timeout = LOOP_SECONDS
+        for when in self.next_start.values():
+            timeout = min(timeout, when - now)
+        for child in self.children.values():
+            if child.deadline is not None and child.is_active:
+                timeout = min(timeout, child.deadline - now)
+        return max(timeout, 0.0)
+
+    def _handle_readable(self, key: selectors.SelectorKey) -> None:
+        kind, child = key.data
+        if kind == "control":
+            self._accept_control()
+        elif kind == "wakeup":
+            try:
+                while self._wakeup_read is not None and self._wakeup_read.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+        elif kind == "channel":
+            for message in child.read_channel():
+                self._handle_message(child, message)
+            if child.channel is None:
+                self._unregister(key.fileobj)
+        elif kind == "output":
+            if not child.read_output():
+                self._close_output(child)
+
+    def _unregister(self, fileobj: Any) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def _handle_signals(self) -> None:
+        while self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s; stopping all gateways", signal.Signals(signum).name)
+                self.begin_shutdown()
+            elif signum == signal.SIGHUP:
+                log.info("received SIGHUP; reloading profiles")
+                self.reload()
+
+    # Children
+
+    def _queue_start(self, name: str, delay: float = 0.0) -> None:
+        self.next_start[name] = time.monotonic() + delay
+
+    def _start(self, name: str) -> None:
+        child = self.children[name]
+        self.next_start.pop(name, None)
+        if child.profile.error is not None:
+            child.state = states.FATAL
+            child.error = child.profile.error.describe()
+            self.state_dirty = True
+            return
+        child.error = None
+        try:
+            child.spawn(self.home, str(self.paths.run_dir))
+        except OSError as error:
+            log.error("cannot start gateway %s: %s", name, error)
+            child.last_exit = {"signal": None, "code": None, "error": str(error), "at": time.time()}
+            child.error = f"cannot start: {error}"
+            self._after_failure(child)
+            return
+        self.selector.register(child.channel, selectors.EVENT_READ, ("channel", child))
+        self.selector.register(child.output_fd, selectors.EVENT_READ, ("output", child))
+        if name == DEFAULT_PROFILE and child.profile.dispatch_in_gateway:
+            self.leader_hold_until = time.monotonic() + LEADER_FIRST_SECONDS
+        self.state_dirty = True
+
+    def _handle_message(self, child: GatewayChild, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "ready" and child.state == states.STARTING:
+            child.state = states.RUNNING
+            child.ready_at = time.time()
+            child.deadline = None
+            log.info("gateway %s is ready (pid %s)", child.name, child.pid)
+        elif kind == "role":
+            child.role = str(message.get("role", "none"))
+            child.role_error = message.get("error")
+            log.info("gateway %s role: %s%s", child.name, child.role,
+                     f" ({child.role_error})" if child.role_error else "")
+            if child.name == DEFAULT_PROFILE:
+                self.leader_hold_until = 0.0
+        elif kind == "boards":
+            child.boards = message.get("boards") or {}
+            child.skipped_boards = message.get("skipped") or {}
+        elif kind == "fatal":
+            child.error = str(message.get("error"))
+        self.state_dirty = True
+
+    def _reap(self) -> None:
+        """Collect every exited child, gateways and adopted orphans alike, so none stays a zombie."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self._child_by_pid(pid)
+            if child is None:
+                log.debug("reaped orphan pid %d", pid)
+                continue
+            self._handle_exit(child, status)
+
+    def _child_by_pid(self, pid: int) -> GatewayChild | None:
+        for child in self.children.values():
+            if child.pid == pid:
+                return child
+        return None
+
+    def _handle_exit(self, child: GatewayChild, status: int) -> None:
+        previous_state = child.state
+        ran_for = time.time() - (child.started_at or time.time())
+        if child.channel is not None:
+            self._unregister(child.channel)
+        child.record_exit(status)
+        self._drain_output(child)
+        self.state_dirty = True
+        reason = self.stop_reasons.pop(child.name, None)
+        code = child.last_exit.get("code") if child.last_exit else None
+        log.info("gateway %s exited (%s) after %.1f s", child.name, _describe_exit(child.last_exit), ran_for)
+
+        if child.name in self.removed:
+            child.state = states.STOPPED
+            self._forget(child.name)
+        elif reason == "restart":
+            child.state = states.STOPPED
+            child.restarts += 1
+            self._start(child.name)
+        elif reason in ("request", "shutdown"):
+            child.state = states.STOPPED
+        elif reason == "start_timeout":
+            child.error = f"not ready within {self.policy.start_timeout:g} s"
+            self._after_failure(child)
+        elif self.shutting_down:
+            child.state = states.STOPPED
+        elif code == states.EXIT_STEPPED_DOWN:
+            log.info("gateway %s stepped down as leader; restarting it as a candidate", child.name)
+            child.restarts += 1
+            child.state = states.STOPPED
+            self._start(child.name)
+        elif code == states.EXIT_CONFIG:
+            child.state = states.FATAL
+            child.error = child.error or "configuration error; see the gateway log"
+        elif code == 0:
+            child.state = states.EXITED
+        else:
+            if previous_state == states.RUNNING and ran_for >= self.policy.stable_seconds:
+                child.failures = 0
+            self._after_failure(child)
+
+    def _drain_output(self, child: GatewayChild) -> None:
+        """Copy what the gateway wrote just before it exited, then close its pipe."""
+        while child.output_fd is not None and _has_pending_data(child.output_fd):
+            if not child.read_output():
+                break
+        # A descendant may still hold the pipe open; its later output is not the gateway's.
+        self._close_output(child)
+
+    def _close_output(self, child: GatewayChild) -> None:
+        if child.output_fd is not None:
+            self._unregister(child.output_fd)
+            child.close_output()
+
+    def _after_failure(self, child: GatewayChild) -> None:
+        child.failures += 1
+        if child.failures >= self.policy.max_failures:
+            child.state = states.FATAL
+            log.error("gateway %s failed %d times in a row; it stays fatal until `hermesd restart %s`",
+                      child.name, child.failures, child.name)
+            return
+        delay = self.policy.delay(child.failures)
+        child.state = states.BACKOFF
+        child.restarts += 1
+        self._queue_start(child.name, delay)
+        log.warning("gateway %s will restart in %.1f s (failure %d of %d)", child.name, delay, child.failures,
+                    self.policy.max_failures)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for name, when in list(self.next_start.items()):
+            if when > now or self.shutting_down:
+                continue
+            child = self.children.get(name)
+            if child is None:
+                self.next_start.pop(name, None)
+                continue
+            if self._must_wait_for_leader(child, now):
+                continue
+            self._start(name)
+
+        for child in self.children.values():
+            if child.deadline is None or child.deadline > now:
+                continue
+            if child.state == states.STARTING:
+                log.error("gateway %s did not report ready within %g s; stopping it", child.name,
+                          self.policy.start_timeout)
+                self.stop_reasons[child.name] = "start_timeout"
+                child.begin_stop()
+            elif child.state == states.STOPPING:
+                log.warning("gateway %s (pid %s) did not stop within %g s; sending SIGKILL", child.name, child.pid,
+                            self.policy.stop_timeout)
+                child.signal_group(signal.SIGKILL)
+                child.deadline = None
+
+    def _must_wait_for_leader(self, child: GatewayChild, now: float) -> bool:
+        """Hold other candidates back until `default` has competed for the lock, for a few seconds at most."""
+        if child.name == DEFAULT_PROFILE or not child.profile.dispatch_in_gateway:
+            return False
+        default = self.children.get(DEFAULT_PROFILE)
+        if default is None or not default.profile.dispatch_in_gateway or DEFAULT_PROFILE not in self.wanted:
+            return False
+        if default.role != "none":
+            return False
+        default_is_coming = default.state in (states.STARTING, states.RUNNING) or DEFAULT_PROFILE in self.next_start
+        return default_is_coming and now < self.leader_hold_until
+
+    # Requests
+
+    def start(self, names: list[str]) -> list[str]:
+        started = []
+        for name in names:
+            child = self.children[name]
+            if name not in self.wanted:
+                self.wanted.append(name)
+            if child.is_active:
+                continue
+            child.failures = 0
+            self._queue_start(name)
+            started.append(name)
+        self.state_dirty = True
+        return started
+
+    def stop(self, names: list[str]) -> list[str]:
+        stopped = []
+        for name in names:
+            child = self.children[name]
+            if name in self.wanted:
+                self.wanted.remove(name)
+            self.next_start.pop(name, None)
+            if child.is_active and child.state != states.STOPPING:
+                self.stop_reasons[name] = "request"
+                child.begin_stop()
+            elif not child.is_active:
+                child.state = states.STOPPED
+            stopped.append(name)
+        self.state_dirty = True
+        return stopped
+
+    def restart(self, names: list[str]) -> list[str]:
+        for name in names:
+            child = self.children[name]
+            if name not in self.wanted:
+                self.wanted.append(name)
+            child.failures = 0
+            self.next_start.pop(name, None)
+            if child.is_active:
+                if child.state != states.STOPPING:
+                    child.begin_stop()
+                self.stop_reasons[name] = "restart"
+            else:
+                child.profile = self._reload_profile(child.profile)
+                self._queue_start(name)
+        self.state_dirty = True
+        return names
+
+    def _reload_profile(self, profile: Profile) -> Profile:
+        for fresh in load_profiles(self.home):
+            if fresh.name == profile.name:
+                return fresh
+        return profile
+
+    def reload(self) -> dict[str, list[str]]:
+        """Start new profiles, stop removed ones, restart changed ones; leave the rest alone."""
+        fresh = {profile.name: profile for profile in load_profiles(self.home)}
+        self.policy = RestartPolicy.from_config(self._root_config())
+        added, removed, changed = [], [], []
+
+        for name, profile in fresh.items():
+            if name not in self.children:
+                self._add_child(profile)
+                added.append(name)
+                self.start([name])
+            elif profile.fingerprint != self.children[name].profile.fingerprint:
+                changed.append(name)
+                self.children[name].profile = profile
+                self.children[name].policy = self.policy
+                if name in self.wanted:
+                    self.restart([name])
+
+        for name in list(self.children):
+            if name not in fresh:
+                removed.append(name)
+                self.removed.add(name)
+                if self.children[name].is_active:
+                    self.stop([name])
+                else:
+                    self._forget(name)
+
+        log.info("reload: added %s, removed %s, changed %s", added or "none", removed or "none", changed or "none")
+        self.state_dirty = True
+        return {"added": added, "removed": removed, "changed": changed}
+
+    def _forget(self, name: str) -> None:
+        self.children.pop(name, None)
+        self.next_start.pop(name, None)
+        self.removed.discard(name)
+        if name in self.wanted:
+            self.wanted.remove(name)
+
+    def begin_shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self.notifier.stopping()
+        self.next_start.clear()
+        for child in self.children.values():
+            if child.is_active and child.state != states.STOPPING:
+                self.stop_reasons[child.name] = "shutdown"
+                child.begin_stop()
+            elif child.state in (states.BACKOFF,):
+                child.state = states.STOPPED
+        self.state_dirty = True
+
+    def _kill_leftover_descendants(self) -> None:
+        """Stop processes that gateways left behind and that the subreaper adopted."""
+        try:
+            leftovers = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return
+        if not leftovers:
+            return
+        log.info("stopping %d process(es) left behind by gateways: %s", len(leftovers),
+                 ", ".join(str(process.pid) for process in leftovers))
+        for process in leftovers:
+            try:
+                process.terminate()
+            except psutil.Error:
+                pass
+        _gone, alive = psutil.wait_procs(leftovers, timeout=ORPHAN_GRACE_SECONDS)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=ORPHAN_GRACE_SECONDS)
+        self._reap()
+
+    # Control socket
+
+    def _accept_control(self) -> None:
+        assert self._control is not None
+        try:
+            connection, _address = self._control.accept()
+        except BlockingIOError:
+            return
+        with connection:
+            connection.settimeout(2.0)
+            try:
+                if not peer_is_allowed(connection):
+                    send_message(connection, {"ok": False, "error": "permission denied: the control socket "
+                                              "accepts only the account that runs the supervisor"})
+                    return
+                request = read_message(connection)
+                response = self.handle_request(request)
+                send_message(connection, response)
+            except (OSError, ControlError) as error:
+                log.warning("control request failed: %s", error)
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        names = request.get("names") or []
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            return {"ok": False, "error": "names must be a list of profile names"}
+
+        if command in ("start", "stop", "restart"):
+            if command == "start":
+                self._add_new_profiles(names)
+            unknown = [name for name in names if name not in self.children]
+            if unknown:
+                return {"ok": False, "error": f"unknown profile(s): {', '.join(unknown)}; "
+                                              f"known: {', '.join(self.children)}"}
+
+        if command == "status":
+            return {"ok": True, "status": self.snapshot()}
+        if command == "start":
+            return {"ok": True, "started": self.start(names or list(self.children))}
+        if command == "stop":
+            return {"ok": True, "stopped": self.stop(names)}
+        if command == "restart":
+            return {"ok": True, "restarted": self.restart(names)}
+        if command == "reload":
+            return {"ok": True, **self.reload()}
+        if command == "down":
+            self.begin_shutdown()
+            return {"ok": True, "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def _add_new_profiles(self, names: list[str]) -> None:
+        missing = [name for name in names if name not in self.children]
+        if not missing:
+            return
+        for profile in load_profiles(self.home):
+            if profile.name in missing:
+                self._add_child(profile)
+
+    # State
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "supervisor": {
+                "running": True,
+                "pid": os.getpid(),
+                "start_time": start_time(os.getpid()),
+                "started_at": self.started_at,
+                "shutting_down": self.shutting_down,
+            },
+            "profiles": [child.as_dict() for child in self.children.values()],
+            "wanted": list(self.wanted),
+        }
+
+    def write_state(self, running: bool) -> None:
+        snapshot = self.snapshot()
+        snapshot["supervisor"]["running"] = running
+        try:
+            write_state(self.paths.state_file, snapshot)
+        except OSError as error:
+            log.error("cannot write the state file %s: %s", self.paths.state_file, error)
+            return
+        self.state_dirty = False
+
+    def _notify_systemd(self) -> None:
+        if not self.notifier.enabled:
+            return
+        counts = {state: 0 for state in (states.RUNNING, states.STARTING, states.BACKOFF, states.FATAL)}
+        for child in self.children.values():
+            if child.state in counts:
+                counts[child.state] += 1
+        line = ", ".join(f"{count} {state}" for state, count in counts.items() if count) or "no gateways"
+
+        if not self.announced_ready and counts[states.STARTING] == 0 and not self.next_start:
+            self.notifier.ready(line)
+            self.announced_ready = True
+            self.last_status_line = line
+        elif line != self.last_status_line:
+            self.notifier.status(line)
+            self.last_status_line = line
+
+        interval = self.notifier.watchdog_interval
+        if interval is not None and time.monotonic() - self.last_watchdog >= interval:
+            self.notifier.watchdog()
+            self.last_watchdog = time.monotonic()
+
+
+def _describe_exit(last_exit: dict[str, Any] | None) -> str:
+    if not last_exit:
+        return "unknown status"
+    if last_exit.get("signal"):
+        return f"killed by {last_exit['signal']}"
+    return f"status {last_exit.get('code')}"
+
+
+def _has_pending_data(fd: int) -> bool:
+    selector = selectors.DefaultSelector()
+    try:
+        selector.register(fd, selectors.EVENT_READ)
+        return bool(selector.select(0))
+    except (OSError, ValueError):
+        return False
+    finally:
+        selector.close()
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Linux), so that processes a gateway leaves behind can be found and stopped."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s", os.strerror(ctypes.get_errno()))
