@@ -15,6 +15,7 @@ import threading
 
 from gateway.candidate import Candidate
 from gateway.parent import ParentChannel, request_parent_death_signal
+from gateway.services import leader_services
 from kanban.home import Home
 from kanban.profiles import ConfigError, load_profile, read_config_file
 
@@ -90,7 +91,7 @@ class Gateway:
 
         if self.dispatch_in_gateway:
             self.candidate = Candidate(self.home, self.profile_name, root_config, profile.config,
-                                       self.channel.send, self.stop)
+                                       self.channel.send, self.stop, services_factory=leader_services)
             self.candidate.start()
         else:
             log.info("dispatch_in_gateway is false: this gateway never opens a board database")
