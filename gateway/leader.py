@@ -58,11 +58,16 @@ class LeaderRuntime:
 
     def take_over(self) -> None:
         started = time.monotonic()
+        took_over_at = time.time()
         self.open_boards()
+        boards_open_at = time.time()
         self.epoch = self._next_epoch()
         for board in list(self.boards.values()):
             self._take_ownership(board)
-        write_owner_record(self.home.owner_record_path, owner_record(self.profile, self.epoch))
+        record = owner_record(self.profile, self.epoch)
+        record["took_over_at"] = took_over_at
+        record["boards_open_at"] = boards_open_at
+        write_owner_record(self.home.owner_record_path, record)
 
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("leader %s took over with epoch %d: %d board(s) open in %.1f ms",
@@ -113,6 +118,7 @@ class LeaderRuntime:
         last_report = time.monotonic()
 
         while not stop.is_set():
+            self.check_fencing()
             self.check_lock_file()
             self.open_boards()
             self.run_services()
@@ -123,6 +129,16 @@ class LeaderRuntime:
 
             self.wake.wait(HOUSEKEEPING_SECONDS)
             self.wake.clear()
+
+    def check_fencing(self) -> None:
+        """Run an empty leader write on every board, so a leader that was frozen while another took
+        over learns it from the epoch check before it writes anything."""
+        for board in self.boards.values():
+            try:
+                with board.write():
+                    pass
+            except FencedOut as error:
+                raise SteppedDown(str(error)) from error
 
     def check_lock_file(self) -> None:
         if not self.lock.still_names_held_file():
