@@ -26,11 +26,12 @@ from kanban.election import lock_holders
 from kanban.home import DEFAULT_PROFILE, Home
 from kanban.profiles import ConfigError, Profile, load_profiles, read_config_file
 from supervisor import child as states
-from supervisor.child import GatewayChild, RestartPolicy
+from supervisor.child import GatewayChild
 from supervisor.control import ControlError, bind_control_socket, peer_is_allowed, read_message, send_message
 from supervisor.paths import StatePaths
 from supervisor.processes import start_time
 from supervisor.sdnotify import SystemdNotifier
+from supervisor.settings import SupervisorSettings
 from supervisor.statefile import write_state
 
 log = logging.getLogger("hermesd")
@@ -73,7 +74,7 @@ class Supervisor:
         self.last_status_line = ""
         self.leader_hold_until = 0.0
         self.started_at = time.time()
-        self.policy = RestartPolicy()
+        self.settings = SupervisorSettings()
         self._lock = filelock.UnixFileLock(str(self.paths.supervisor_lock), mode=0o600, blocking=False,
                                            fallback_to_soft=False, preserve_lock_file=True, thread_local=False)
         self._control: socket.socket | None = None
@@ -95,7 +96,7 @@ class Supervisor:
         self._install_signal_handlers()
         self._control = bind_control_socket(self.paths.control_socket)
         self.selector.register(self._control, selectors.EVENT_READ, ("control", None))
-        self.policy = RestartPolicy.from_config(self._root_config())
+        self.settings = self._load_settings()
         log.info("supervisor started (pid %d) for home %s", os.getpid(), self.home.root)
 
         for profile in load_profiles(self.home):
@@ -105,11 +106,14 @@ class Supervisor:
         for name in self.wanted:
             self._queue_start(name)
 
-    def _root_config(self) -> dict[str, Any]:
+    def _load_settings(self) -> SupervisorSettings:
+        """Read the supervisor settings; on an error keep the current ones and log why."""
+        path = self.home.root / "config.yaml"
         try:
-            return read_config_file(self.home.root / "config.yaml")
-        except ConfigError:
-            return {}  # the default profile reports this error itself
+            return SupervisorSettings.from_config(read_config_file(path), path)
+        except ConfigError as error:
+            log.error("ignoring the hermesd settings: %s", error.describe())
+            return self.settings
 
     def _install_signal_handlers(self) -> None:
         self._wakeup_read, wakeup_write = socket.socketpair()
@@ -125,7 +129,7 @@ class Supervisor:
         self.signal_queue.append(signum)
 
     def _add_child(self, profile: Profile) -> GatewayChild:
-        child = GatewayChild(profile, self.paths.gateway_log(profile.name), self.policy)
+        child = GatewayChild(profile, self.paths.gateway_log(profile.name), self.settings)
         if profile.error is not None:
             child.state = states.FATAL
             log.error("profile %s is not started: %s", profile.name, profile.error.describe())
@@ -303,7 +307,7 @@ class Supervisor:
         elif reason in ("request", "shutdown"):
             child.state = states.STOPPED
         elif reason == "start_timeout":
-            child.error = f"not ready within {self.policy.start_timeout:g} s"
+            child.error = f"not ready within {self.settings.start_timeout:g} s"
             self._after_failure(child)
         elif self.shutting_down:
             child.state = states.STOPPED
@@ -318,7 +322,7 @@ class Supervisor:
         elif code == 0:
             child.state = states.EXITED
         else:
-            if previous_state == states.RUNNING and ran_for >= self.policy.stable_seconds:
+            if previous_state == states.RUNNING and ran_for >= self.settings.stable_seconds:
                 child.failures = 0
             self._after_failure(child)
 
@@ -337,17 +341,17 @@ class Supervisor:
 
     def _after_failure(self, child: GatewayChild) -> None:
         child.failures += 1
-        if child.failures >= self.policy.max_failures:
+        if child.failures >= self.settings.max_failures:
             child.state = states.FATAL
             log.error("gateway %s failed %d times in a row; it stays fatal until `hermesd restart %s`",
                       child.name, child.failures, child.name)
             return
-        delay = self.policy.delay(child.failures)
+        delay = self.settings.restart_delay(child.failures)
         child.state = states.BACKOFF
         child.restarts += 1
         self._queue_start(child.name, delay)
         log.warning("gateway %s will restart in %.1f s (failure %d of %d)", child.name, delay, child.failures,
-                    self.policy.max_failures)
+                    self.settings.max_failures)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -367,12 +371,12 @@ class Supervisor:
                 continue
             if child.state == states.STARTING:
                 log.error("gateway %s did not report ready within %g s; stopping it", child.name,
-                          self.policy.start_timeout)
+                          self.settings.start_timeout)
                 self.stop_reasons[child.name] = "start_timeout"
                 child.begin_stop()
             elif child.state == states.STOPPING:
                 log.warning("gateway %s (pid %s) did not stop within %g s; sending SIGKILL", child.name, child.pid,
-                            self.policy.stop_timeout)
+                            self.settings.stop_timeout)
                 child.signal_group(signal.SIGKILL)
                 child.deadline = None
 
@@ -446,7 +450,7 @@ class Supervisor:
     def reload(self) -> dict[str, list[str]]:
         """Start new profiles, stop removed ones, restart changed ones; leave the rest alone."""
         fresh = {profile.name: profile for profile in load_profiles(self.home)}
-        self.policy = RestartPolicy.from_config(self._root_config())
+        self.settings = self._load_settings()
         added, removed, changed = [], [], []
 
         for name, profile in fresh.items():
@@ -457,7 +461,7 @@ class Supervisor:
             elif profile.fingerprint != self.children[name].profile.fingerprint:
                 changed.append(name)
                 self.children[name].profile = profile
-                self.children[name].policy = self.policy
+                self.children[name].settings = self.settings
                 if name in self.wanted:
                     self.restart([name])
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kanban.home import Home
 from kanban.profiles import Profile
 from supervisor.logfile import RotatingLog
+from supervisor.settings import SupervisorSettings
 from supervisor.processes import start_time
 
 log = logging.getLogger(__name__)
@@ -44,35 +43,6 @@ EXIT_STEPPED_DOWN = 75
 EXIT_CONFIG = 78
 
 COMMAND_ENV_PREFIX = "HERMESD_GATEWAY_COMMAND_"
-
-
-@dataclass
-class RestartPolicy:
-    """Exponential backoff with jitter; `max_failures` quick failures in a row make a gateway fatal."""
-
-    start_timeout: float = 20.0
-    stop_timeout: float = 10.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    max_failures: int = 5
-    stable_seconds: float = 10.0
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> RestartPolicy:
-        """Read overrides from the root config's `hermesd:` section (numbers in seconds)."""
-        section = config.get("hermesd") or {}
-        policy = cls()
-        for key in ("start_timeout", "stop_timeout", "backoff_initial", "backoff_max", "stable_seconds"):
-            if key in section:
-                setattr(policy, key, float(section[key]))
-        if "max_failures" in section:
-            policy.max_failures = int(section["max_failures"])
-        return policy
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait before restart number `failures`: doubling, capped, with up to 25% jitter."""
-        base = min(self.backoff_initial * 2 ** max(failures - 1, 0), self.backoff_max)
-        return base * random.uniform(0.75, 1.0)
 
 
 def gateway_command(home: Home, profile: Profile, parent_fd: int, run_dir: str) -> list[str]:
@@ -97,11 +67,11 @@ def gateway_command(home: Home, profile: Profile, parent_fd: int, run_dir: str) 
 class GatewayChild:
     """The supervisor's view of one profile's gateway process."""
 
-    def __init__(self, profile: Profile, log_path: Path, policy: RestartPolicy):
+    def __init__(self, profile: Profile, log_path: Path, settings: SupervisorSettings):
         self.profile = profile
-        self.policy = policy
+        self.settings = settings
         self.log_path = log_path
-        self.log = RotatingLog(log_path)
+        self.log = RotatingLog(log_path, settings.log_max_bytes, settings.log_backups)
         self.state = STOPPED
         self.pid: int | None = None
         self.process_start_time: float | None = None
@@ -170,7 +140,7 @@ class GatewayChild:
         self.boards = {}
         self.started_at = time.time()
         self.ready_at = None
-        self.deadline = time.monotonic() + self.policy.start_timeout
+        self.deadline = time.monotonic() + self.settings.start_timeout
         log.info("started gateway %s (pid %d): %s", self.name, process.pid, shlex.join(command[:3]))
 
     # Messages from the gateway
@@ -246,7 +216,7 @@ class GatewayChild:
 
     def begin_stop(self) -> None:
         self.state = STOPPING
-        self.deadline = time.monotonic() + self.policy.stop_timeout
+        self.deadline = time.monotonic() + self.settings.stop_timeout
         log.info("stopping gateway %s (pid %s) with SIGTERM", self.name, self.pid)
         self.signal_group(signal.SIGTERM)
 

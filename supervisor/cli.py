@@ -96,6 +96,21 @@ def _validate_names(home: Home, names: list[str], option: str) -> None:
                    f"{', '.join(known)}. Create it with `hermes profile create NAME`", EXIT_USAGE)
 
 
+def _validate_settings(home: Home) -> None:
+    from kanban.profiles import ConfigError, read_config_file
+    from supervisor.settings import SupervisorSettings
+
+    path = home.root / "config.yaml"
+    try:
+        config = read_config_file(path)
+    except ConfigError:
+        return  # the default profile reports an unreadable config.yaml itself
+    try:
+        SupervisorSettings.from_config(config, path)
+    except ConfigError as error:
+        raise fail(error.describe(), EXIT_USAGE) from None
+
+
 def _report_config_errors(home: Home, names: list[str]) -> int:
     from kanban.profiles import load_profiles
 
@@ -129,6 +144,7 @@ def up(
 
     names = _split_names(only)
     _validate_names(home, names, "--only")
+    _validate_settings(home)
     config_errors = _report_config_errors(home, names)
     paths = StatePaths(home)
 
