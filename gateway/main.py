@@ -7,13 +7,18 @@ The supervisor starts one per profile and passes the profile's resolved
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
+from gateway.adapters import build_adapters
+from gateway.adapters.base import Settings
 from gateway.candidate import Candidate
+from gateway.delivery import DeliveryServer
 from gateway.parent import ParentChannel, request_parent_death_signal
 from gateway.services import leader_services
 from kanban.home import Home
@@ -22,6 +27,7 @@ from kanban.profiles import ConfigError, load_profile, read_config_file
 log = logging.getLogger("gateway")
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: the profile's configuration is unusable
 EXIT_STEPPED_DOWN = 75  # EX_TEMPFAIL: lost the leadership; the supervisor restarts the gateway as a candidate
 
@@ -59,6 +65,8 @@ class Gateway:
         self.channel = ParentChannel(arguments.parent_fd)
         self.stop = threading.Event()
         self.candidate: Candidate | None = None
+        self.run_dir = Path(arguments.run_dir) if arguments.run_dir else None
+        self.delivery: DeliveryServer | None = None
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
@@ -87,11 +95,17 @@ class Gateway:
         log.info("gateway %s started (pid %d, dispatch_in_gateway=%s)", self.profile_name, os.getpid(),
                  str(self.dispatch_in_gateway).lower())
         self.channel.watch_for_close(self.stop.set)
+        try:
+            self.start_delivery(profile.directory, profile.env)
+        except OSError as error:
+            log.error("cannot listen on the delivery socket in %s: %s", self.run_dir, error)
+            return EXIT_FAILURE
         self.channel.send("ready", pid=os.getpid())
 
         if self.dispatch_in_gateway:
+            services_factory = functools.partial(leader_services, run_dir=self.run_dir)
             self.candidate = Candidate(self.home, self.profile_name, root_config, profile.config,
-                                       self.channel.send, self.stop, services_factory=leader_services)
+                                       self.channel.send, self.stop, services_factory=services_factory)
             self.candidate.start()
         else:
             log.info("dispatch_in_gateway is false: this gateway never opens a board database")
@@ -102,13 +116,25 @@ class Gateway:
 
         return self._shut_down()
 
+    def start_delivery(self, directory: Path, env_file: dict[str, str]) -> None:
+        """Listen on the delivery socket, where the leader hands this profile its notifications."""
+        if self.run_dir is None:
+            log.info("no --run-dir: this gateway delivers no notifications")
+            return
+        settings = Settings(self.profile_name, directory, env_file, os.environ)
+        self.delivery = DeliveryServer(self.run_dir, settings, build_adapters(settings))
+        self.delivery.start()
+
     def _shut_down(self) -> int:
         if self.candidate is not None:
             self.candidate.wake()
             self.candidate.join(timeout=10)
-            if self.candidate.stepped_down:
-                log.info("gateway %s exits after stepping down", self.profile_name)
-                return EXIT_STEPPED_DOWN
+        # The leader's notifier may deliver to this gateway's own socket, so it closes last.
+        if self.delivery is not None:
+            self.delivery.stop()
+        if self.candidate is not None and self.candidate.stepped_down:
+            log.info("gateway %s exits after stepping down", self.profile_name)
+            return EXIT_STEPPED_DOWN
         log.info("gateway %s stopped", self.profile_name)
         return EXIT_OK
 

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
-import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.unix import bind_private_socket, peer_is_allowed, short_path as _short_path  # noqa: F401 (peer_is_allowed is re-exported)
+
 log = logging.getLogger(__name__)
 
-# sizeof(sockaddr_un.sun_path) is 108 on Linux, including the terminating NUL.
-MAX_SOCKET_PATH = 107
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
@@ -29,44 +25,11 @@ class ControlError(Exception):
     """The supervisor cannot be reached, or answered with an error."""
 
 
-@contextmanager
-def _short_path(path: Path) -> Iterator[str]:
-    """Yield a path to `path` short enough for a unix socket address."""
-    if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
-        yield str(path)
-        return
-    directory_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{directory_fd}/{path.name}"
-    finally:
-        os.close(directory_fd)
-
-
 def bind_control_socket(path: Path) -> socket.socket:
     """Bind and listen on the control socket, replacing a stale socket file left by a crash."""
-    path.unlink(missing_ok=True)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        with _short_path(path) as address:
-            server.bind(address)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    server.listen(16)
+    server = bind_private_socket(path)
     server.setblocking(False)
     return server
-
-
-def peer_uid(connection: socket.socket) -> int:
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return uid
-
-
-def peer_is_allowed(connection: socket.socket) -> bool:
-    uid = peer_uid(connection)
-    return uid in (os.getuid(), 0)
 
 
 def read_message(connection: socket.socket) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""The `webhook` platform: a JSON POST of the whole message to `HERMESD_WEBHOOK_URL`.
+
+With `HERMESD_WEBHOOK_SECRET` set, each request carries
+`X-Hermesd-Signature: sha256=<hex HMAC-SHA256 of the raw body keyed with the secret>`.
+`X-Hermesd-Delivery` carries the message id, which stays the same when a message is
+resent, so a receiver can drop repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from gateway.adapters.base import Settings
+from gateway.adapters.http import post_json
+
+URL_VARIABLE = "HERMESD_WEBHOOK_URL"
+SECRET_VARIABLE = "HERMESD_WEBHOOK_SECRET"
+SIGNATURE_HEADER = "X-Hermesd-Signature"
+DELIVERY_HEADER = "X-Hermesd-Delivery"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookAdapter:
+    platform = "webhook"
+
+    def __init__(self, settings: Settings, url: str, secret: str):
+        self.settings = settings
+        self.url = url
+        self.secret = secret
+
+    def send(self, message: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(message, ensure_ascii=False, sort_keys=True).encode()
+        headers = {DELIVERY_HEADER: str(message.get("id", ""))}
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        # The URL may embed a token (many webhook receivers put one in the path or query).
+        post_json(self.url, message, headers=headers, body_bytes=body, secrets=[self.url, self.secret],
+                  policy=self.settings.retry, label="webhook: ")
+        return {}
+
+
+def build(settings: Settings) -> WebhookAdapter | None:
+    url = settings.get(URL_VARIABLE)
+    if not url:
+        return None
+    return WebhookAdapter(settings, url, settings.get(SECRET_VARIABLE))
