@@ -260,6 +260,11 @@ class Supervisor:
         elif kind == "boards":
             child.boards = message.get("boards") or {}
             child.skipped_boards = message.get("skipped") or {}
+        elif kind == "notifications":
+            # The leader reports, per target profile, the messages it could not deliver yet.
+            pending = message.get("pending") or {}
+            for target in self.children.values():
+                target.pending_notifications = pending.get(target.name)
         elif kind == "fatal":
             child.error = str(message.get("error"))
         self.state_dirty = True

@@ -83,6 +83,8 @@ class GatewayChild:
         self.role_error: str | None = None
         self.boards: dict[str, Any] = {}
         self.skipped_boards: dict[str, str] = {}
+        # Notifications the leader could not deliver through this gateway yet: {"count", "reason"}.
+        self.pending_notifications: dict[str, Any] | None = None
         self.restarts = 0
         self.failures = 0
         self.last_exit: dict[str, Any] | None = None
@@ -262,4 +264,5 @@ class GatewayChild:
             "error": self.error,
             "boards": self.boards,
             "skipped_boards": self.skipped_boards,
+            "pending_notifications": self.pending_notifications,
         }
