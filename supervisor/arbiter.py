@@ -40,7 +40,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 # How long other candidates wait for `default` to take the lock first, so the leader is predictable.
 LEADER_FIRST_SECONDS = 5.0
-# Longest sleep of the loop; timers (backoff, stop deadlines, watchdog) may wake it earlier.
+# Maximum sleep of the loop in seconds; timers (backoff, stop deadlines, watchdog) wake it earlier.
 LOOP_SECONDS = 1.0
 # Time to let a gateway's leftover descendants exit after SIGTERM before SIGKILL.
 ORPHAN_GRACE_SECONDS = 2.0

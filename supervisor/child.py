@@ -1,9 +1,10 @@
 """One supervised gateway: how it is started and stopped, and the state it is in.
 
 States: `starting` (spawned, not yet ready), `running` (reported ready), `backoff`
-(waiting to restart after an unexpected exit), `fatal` (failed too often or cannot be
-configured; stays so until `hermesd restart NAME`), `stopping`, `stopped` (on request)
-and `exited` (ended on its own with status 0 and is not restarted).
+(waiting to restart after an unexpected exit), `fatal`, `stopping`, `stopped` (on
+request) and `exited` (ended on its own with status 0, and not restarted). A gateway is
+`fatal` when it failed too often or its profile cannot be configured. It stays so until
+`hermesd restart NAME`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ COMMAND_ENV_PREFIX = "HERMESD_GATEWAY_COMMAND_"
 
 
 def gateway_command(home: Home, profile: Profile, parent_fd: int, run_dir: str) -> list[str]:
-    """The gateway's command line.
+    """Build the gateway's command line.
 
     `HERMESD_GATEWAY_COMMAND_<PROFILE>` (profile name upper-cased, '-' as '_') replaces
-    `python -m gateway` for one profile, to run a gateway under a debugger or profiler;
-    the tests use it to start gateways that misbehave.
+    `python -m gateway` for one profile, for example to run a gateway under a profiler.
+    The tests use it to start gateways that misbehave.
     """
     override = os.environ.get(COMMAND_ENV_PREFIX + profile.name.upper().replace("-", "_"))
     prefix = shlex.split(override) if override else [sys.executable, "-m", "gateway"]

@@ -184,7 +184,7 @@ def _start_in_running_supervisor(home: Home, paths: StatePaths, names: list[str]
     try:
         response = request(paths.control_socket, "start", names=names)
     except ControlError as error:
-        raise fail(f"a supervisor is running but does not answer: {error}", EXIT_FAILED) from None
+        raise fail(f"a supervisor is running but does not respond: {error}", EXIT_FAILED) from None
     started = response.get("started") or []
     typer.echo(f"supervisor already running; started: {', '.join(started) or 'nothing new'}")
     _wait_until_settled(home, paths, names, timeout)
@@ -268,7 +268,7 @@ def down(
     try:
         request(paths.control_socket, "down")
     except ControlError as error:
-        raise fail(f"the supervisor (pid {pid}) does not answer: {error}. Stop it with `kill {pid}`",
+        raise fail(f"the supervisor (pid {pid}) does not respond: {error}. Stop it with `kill {pid}`",
                    EXIT_FAILED) from None
 
     deadline = time.monotonic() + timeout

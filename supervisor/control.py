@@ -22,7 +22,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class ControlError(Exception):
-    """The supervisor cannot be reached, or answered with an error."""
+    """The supervisor cannot be reached, or responded with an error."""
 
 
 def bind_control_socket(path: Path) -> socket.socket:
