@@ -6,6 +6,7 @@ from pathlib import Path
 
 from gateway.delivery import DeliveryClient
 from gateway.leader import LeaderRuntime, LeaderService
+from kanban.dispatcher import Dispatcher
 from kanban.notifier import Notifier
 
 
@@ -14,7 +15,7 @@ def leader_services(runtime: LeaderRuntime, run_dir: Path | None = None) -> list
 
     `run_dir` contains the gateways' delivery sockets; without it the notifier is not started.
     """
-    services: list[LeaderService] = []
+    services: list[LeaderService] = [Dispatcher(runtime.home, runtime.wake)]
     if run_dir is not None:
         client = DeliveryClient(run_dir)
         services.append(Notifier(client.deliver, runtime.report, runtime.wake))
