@@ -201,6 +201,8 @@ class DeliveryServer:
         log.info("sent message %s (task %s, %s) to %s chat %s in %.0f ms", message_id, message.get("task_id"),
                  message.get("kind"), platform, message.get("chat_id"), (time.monotonic() - started) * 1000)
         if self.pause_before_ack:
+            log.warning("test hook %s: waiting %g s before acknowledging message %s", PAUSE_BEFORE_ACK_VARIABLE,
+                        self.pause_before_ack, message_id)
             time.sleep(self.pause_before_ack)
         return {"ok": True, "id": message_id, "duplicate": False}
 

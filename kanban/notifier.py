@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -209,6 +210,7 @@ class Notifier:
         self._permanent_failures: dict[tuple[str, ...], int] = {}
         self._logged_failure: dict[tuple[str, ...], str] = {}
         self._reported_pending: dict[str, dict[str, Any]] = {}
+        self._board_errors: dict[str, str] = {}
         self._stopping = False
         self._watcher = ChangeWatcher(self.wake)
         self._started = False
@@ -228,27 +230,48 @@ class Notifier:
     def stop(self) -> None:
         with self._condition:
             self._stopping = True
-            in_flight = sum(1 for outgoing in self._outbox.values() if outgoing.in_flight)
             waiting = len(self._outbox)
             self._condition.notify_all()
         self._watcher.stop()
         for thread in self._senders.values():
             thread.join(timeout=1.0)
-        if self._started:
-            log.info("notifier stopped: %d message(s) waiting, %d of them being sent; the next leader resends "
-                     "them", waiting, in_flight)
+        if self._started and waiting:
+            log.info("notifier stopped with %d message(s) not yet acknowledged; the next leader sends them", waiting)
+        elif self._started:
+            log.info("notifier stopped")
+
+    def _board_failed(self, slug: str, error: sqlite3.Error) -> None:
+        """Log a board's database error once until it changes, so a locked or damaged board does not flood the log."""
+        text = str(error)
+        if self._board_errors.get(slug) != text:
+            log.error("notifier cannot use board %s: %s; it tries again on the next pass", slug, text)
+        self._board_errors[slug] = text
+
+    def _board_recovered(self, slug: str) -> None:
+        if self._board_errors.pop(slug, None) is not None:
+            log.info("notifier can use board %s again", slug)
 
     # Reading the boards
 
     def _scan(self, boards: dict[str, Board]) -> None:
         seen: set[tuple[str, ...]] = set()
+        failed: set[str] = set()
         for slug, board in boards.items():
-            for subscription in self._read_subscriptions(slug, board):
-                seen.add(subscription.key)
-                self._scan_subscription(board, subscription)
+            try:
+                for subscription in self._read_subscriptions(slug, board):
+                    seen.add(subscription.key)
+                    self._scan_subscription(board, subscription)
+            except sqlite3.Error as error:
+                self._board_failed(slug, error)
+                failed.add(slug)
+                continue
+            self._board_recovered(slug)
 
         with self._condition:
-            for key in [key for key, outgoing in self._outbox.items() if key not in seen and not outgoing.in_flight]:
+            # Messages of a board that could not be read stay: their subscriptions were not seen, not removed.
+            removed = [key for key, outgoing in self._outbox.items()
+                       if key not in seen and not outgoing.in_flight and key[0] not in failed]
+            for key in removed:
                 log.info("subscription of %s was removed; its waiting message is dropped",
                          self._outbox[key].subscription.describe())
                 del self._outbox[key]
@@ -335,14 +358,23 @@ class Notifier:
                 with self._condition:
                     outgoing.in_flight = False
                 continue
-            if ack.get("ok"):
-                self._acknowledged(board, outgoing, ack)
-            else:
-                self._failed(board, outgoing, ack)
+            try:
+                if ack.get("ok"):
+                    self._acknowledged(board, outgoing, ack)
+                else:
+                    self._failed(board, outgoing, ack)
+            except sqlite3.Error as error:
+                # The message is sent again later; the gateway acknowledges the repeat without sending it.
+                self._board_failed(outgoing.subscription.board, error)
+                with self._condition:
+                    outgoing.in_flight = False
+                    outgoing.due = time.monotonic() + TEMPORARY_RETRY_SECONDS
 
     def _acknowledged(self, board: Board, outgoing: Outgoing, ack: Ack) -> None:
         subscription = outgoing.subscription
         if self.pause_before_cursor:
+            log.warning("test hook %s: waiting %g s before moving the cursor for message %s",
+                        PAUSE_BEFORE_CURSOR_VARIABLE, self.pause_before_cursor, outgoing.message_id)
             time.sleep(self.pause_before_cursor)
         with board.write() as connection:
             connection.execute(

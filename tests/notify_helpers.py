@@ -36,6 +36,16 @@ def end_task(database: Path, task_id: str, kind: str = "completed", payload: dic
         connection.close()
 
 
+def park_tasks(database: Path, *task_ids: str) -> None:
+    """Move tasks to `triage`, where the dispatcher leaves them alone, so a test writes their events itself."""
+    connection = _connect(database)
+    try:
+        for task_id in task_ids:
+            connection.execute("UPDATE tasks SET status = 'triage' WHERE id = ?", (task_id,))
+    finally:
+        connection.close()
+
+
 def subscribe(database: Path, task_id: str, platform: str, chat_id: str, profile: str | None,
               created_at: int | None = None) -> None:
     """Insert a subscription the way Hermes Agent 0.19 does (`last_event_id` left at 0)."""
