@@ -14,7 +14,9 @@ its delivered-ids file without sending it again.
 Sends run in one thread per target profile, so a slow platform or a stopped gateway
 delays only its own messages and never the leader's passes. All database work stays in
 the leader's thread: the sender threads hand acknowledgements back and set the wake
-event, and the next pass applies them.
+event, and the next pass applies them. A new event is seen on the pass that follows
+its commit, because the dispatcher's board watcher (kanban.watcher) sets the same wake
+event on every change to a board.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from typing import Any
 
 from kanban.home import DEFAULT_PROFILE
 from kanban.store import Board
-from kanban.watch import ChangeWatcher
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ REASON_TEMPORARY = "temporary"
 REASON_INVALID = "invalid"
 
 # A subscription is dropped after this many permanent failures in a row (the platform
-# rejected the message, e.g. HTTP 400 or 403), with a task event and a warning. The
-# tries are 1 s and then 2 s apart.
+# rejected the message, e.g. HTTP 400 or 403), with a task event and a warning. Hermes
+# Agent's gateway notifier drops after 3 failed sends too. The tries are 1 s, then 2 s apart.
 MAX_PERMANENT_FAILURES = 3
 PERMANENT_RETRY_SECONDS = 1.0
 # Retry delays for the failures that never drop a subscription.
@@ -212,7 +213,6 @@ class Notifier:
         self._reported_pending: dict[str, dict[str, Any]] = {}
         self._board_errors: dict[str, str] = {}
         self._stopping = False
-        self._watcher = ChangeWatcher(self.wake)
         self._started = False
 
     # The pass
@@ -221,7 +221,6 @@ class Notifier:
         if not self._started:
             self._started = True
             log.info("notifier started: watching %d board(s) for %s events", len(boards), ", ".join(TERMINAL_KINDS))
-        self._watcher.watch([board.path for board in boards.values()])
         self._apply_results(boards)
         self._scan(boards)
         self._report_pending()
@@ -232,7 +231,6 @@ class Notifier:
             self._stopping = True
             waiting = len(self._outbox)
             self._condition.notify_all()
-        self._watcher.stop()
         for thread in self._senders.values():
             thread.join(timeout=1.0)
         if self._started and waiting:
