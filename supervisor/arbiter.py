@@ -74,6 +74,7 @@ class Supervisor:
         self.last_status_line = ""
         self.leader_hold_until = 0.0
         self.started_at = time.time()
+        self.user_umask = 0o022
         self.settings = SupervisorSettings()
         self._lock = filelock.UnixFileLock(str(self.paths.supervisor_lock), mode=0o600, blocking=False,
                                            fallback_to_soft=False, preserve_lock_file=True, thread_local=False)
@@ -85,6 +86,7 @@ class Supervisor:
     def acquire_home(self) -> None:
         """Take the one-supervisor-per-home lock; raise AlreadyRunning when another supervisor holds it."""
         self.paths.create()
+        self.settings = self._load_settings()
         try:
             self._lock.acquire(blocking=False)
         except filelock.Timeout:
@@ -92,11 +94,12 @@ class Supervisor:
             raise AlreadyRunning(holders[0].pid if holders else None) from None
 
     def setup(self) -> None:
+        # Files the supervisor creates (state, logs, sockets) are private; gateways get the user's umask back.
+        self.user_umask = os.umask(0o077)
         become_subreaper()
         self._install_signal_handlers()
         self._control = bind_control_socket(self.paths.control_socket)
         self.selector.register(self._control, selectors.EVENT_READ, ("control", None))
-        self.settings = self._load_settings()
         log.info("supervisor started (pid %d) for home %s", os.getpid(), self.home.root)
 
         for profile in load_profiles(self.home):
@@ -230,7 +233,7 @@ class Supervisor:
             return
         child.error = None
         try:
-            child.spawn(self.home, str(self.paths.run_dir))
+            child.spawn(self.home, str(self.paths.run_dir), self.user_umask)
         except OSError as error:
             log.error("cannot start gateway %s: %s", name, error)
             child.last_exit = {"signal": None, "code": None, "error": str(error), "at": time.time()}

@@ -106,7 +106,7 @@ class GatewayChild:
 
     # Start
 
-    def spawn(self, home: Home, run_dir: str) -> None:
+    def spawn(self, home: Home, run_dir: str, umask: int = -1) -> None:
         """Start the gateway process in a process group of its own; raise OSError when it cannot start."""
         parent_end, child_end = socket.socketpair()
         output_read, output_write = os.pipe()
@@ -119,6 +119,7 @@ class GatewayChild:
                 stderr=output_write,
                 pass_fds=(child_end.fileno(),),
                 process_group=0,
+                umask=umask,
                 close_fds=True,
             )
         except OSError:

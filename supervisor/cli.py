@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from supervisor.arbiter import AlreadyRunning, Supervisor
 from supervisor.control import ControlError, request
 from supervisor.paths import StatePaths
 from supervisor.processes import is_same_process, start_time
+from supervisor.settings import SupervisorSettings
 from supervisor.status import all_running, build_status, supervisor_pid
 
 EXIT_OK = 0
@@ -177,7 +179,30 @@ def supervise(
         supervisor.acquire_home()
     except AlreadyRunning as error:
         raise fail(str(error), EXIT_FAILED) from None
+    _log_to_rotating_file(StatePaths(home).supervisor_log, supervisor.settings)
     raise typer.Exit(supervisor.run())
+
+
+def _log_to_rotating_file(path: Path, settings: SupervisorSettings) -> None:
+    """Send the detached supervisor's log to a rotating file; uncaught errors are logged there too.
+
+    Until this runs, the process's stdout and stderr are appended to the same file by
+    `up --detach`, which catches a supervisor that fails before it can log. After it, they
+    go to /dev/null, because a rotated-away file would swallow them.
+    """
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=settings.log_max_bytes,
+                                                   backupCount=settings.log_backups)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s hermesd[%(process)d] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.excepthook = lambda *exc_info: log.critical("supervisor failed", exc_info=exc_info)
 
 
 def _start_in_running_supervisor(home: Home, paths: StatePaths, names: list[str], timeout: float) -> None:
