@@ -248,7 +248,7 @@ class Dispatcher:
             with board.write() as conn:
                 tasks.update_run_metadata(conn, run["id"], {"hermesd": {**identity, "terminated_at": time.time()}})
         elif time.time() - terminated_at >= self.kill_grace_seconds and not identity.get("killed_at"):
-            log.warning("worker pid %d of task %s ignored SIGTERM for %.0f s; sending SIGKILL", pid, task["id"],
+            log.warning("worker pid %d of task %s ignored SIGTERM for %.1f s; sending SIGKILL", pid, task["id"],
                         self.kill_grace_seconds)
             signal_worker(pid, start_time, signal.SIGKILL)
             with board.write() as conn:
@@ -267,6 +267,7 @@ class Dispatcher:
             pid=pid, claimer=task["claim_lock"], status=status,
             elapsed_seconds=(ended or time.time()) - run["started_at"],
             limit_seconds=task["max_runtime_seconds"], terminated="terminated_at" in identity,
+            killed="killed_at" in identity,
         )
         hint = f"{WORKER_COMMAND_KEY} in {identity.get('command_source') or 'the profile config.yaml'}"
         with board.write() as conn:

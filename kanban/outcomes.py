@@ -29,6 +29,7 @@ class WorkerEnd:
     elapsed_seconds: float
     limit_seconds: int | None
     terminated: bool
+    killed: bool = False
 
     @property
     def timed_out(self) -> bool:
@@ -56,7 +57,7 @@ def classify_failure(end: WorkerEnd, spawn_hint: str) -> Failure | None:
         return Failure("spawn_failed", "spawn_failed", {"error": error}, error)
     if end.timed_out:
         payload = {"pid": end.pid, "elapsed_seconds": int(end.elapsed_seconds), "limit_seconds": end.limit_seconds,
-                   "sigkill": bool(status and status.get("signal") == 9)}
+                   "sigkill": end.killed or bool(status and status.get("signal") == 9)}
         error = f"elapsed {int(end.elapsed_seconds)}s > limit {end.limit_seconds}s"
         return Failure("timed_out", "timed_out", payload, error)
     if status is None:
