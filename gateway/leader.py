@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # How often the leader checks the lock file and rescans the boards when nothing wakes it.
 HOUSEKEEPING_SECONDS = 1.0
+# Minimum seconds between two log lines for the same repeated service error.
+SERVICE_ERROR_LOG_SECONDS = 60.0
 
 
 class SteppedDown(Exception):
@@ -53,6 +55,7 @@ class LeaderRuntime:
         self.skipped_boards: dict[str, str] = {}
         self.epoch = 0
         self.wake = threading.Event()
+        self.service_errors: dict[tuple[str, str], tuple[float, int]] = {}
 
     # Takeover
 
@@ -146,11 +149,28 @@ class LeaderRuntime:
                               "this leader no longer holds the lock that others see")
 
     def run_services(self) -> None:
+        """Run one pass of each service; an error other than fencing is logged and the next pass retries."""
         for service in self.services:
             try:
                 service.run_pass(self.boards)
             except FencedOut as error:
                 raise SteppedDown(str(error)) from error
+            except Exception as error:  # noqa: BLE001 - one failed pass must not end the leadership
+                self._log_service_error(service.name, error)
+
+    def _log_service_error(self, name: str, error: Exception) -> None:
+        """Log a service error with its traceback once, then at most once a minute with a repeat count."""
+        key = (name, f"{type(error).__name__}: {error}")
+        now = time.monotonic()
+        last_logged, repeats = self.service_errors.get(key, (0.0, 0))
+        if last_logged and now - last_logged < SERVICE_ERROR_LOG_SECONDS:
+            self.service_errors[key] = (last_logged, repeats + 1)
+            return
+        if last_logged:
+            log.error("%s pass failed again (%d more times): %s", name, repeats + 1, key[1])
+        else:
+            log.exception("%s pass failed; retrying on the next pass", name)
+        self.service_errors[key] = (now, 0)
 
     def report_boards(self) -> None:
         counts: dict[str, Any] = {}
