@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import stat
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kanban.election import LeaderLock, lock_holders
@@ -320,3 +322,35 @@ def test_mount_table_lookup_finds_network_types(tmp_path: Path) -> None:
     assert network_filesystem(tmp_path) is None
     for kind in ("nfs4", "cifs", "fuse.sshfs"):
         assert kind in NETWORK_FILESYSTEMS
+
+
+def write_worker_config(home: Path, profile: str, mode: str, out_dir: Path, dispatch: str = "false") -> None:
+    """Make `profile` run tests/kanban_worker.py in `mode` as its kanban worker."""
+    worker = Path(__file__).parent / "kanban_worker.py"
+    command = [sys.executable, str(worker), str(out_dir), mode, "{task_id}"]
+    directory = home if profile == "default" else home / "profiles" / profile
+    (directory / "config.yaml").write_text(
+        f"kanban:\n  dispatch_in_gateway: {dispatch}\n  worker_command: {json.dumps(command)}\n")
+
+
+def test_standby_takes_over_while_worker_lives(hermesd: Hermesd, home: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "worker-out"
+    out_dir.mkdir()
+    write_worker_config(home, "researcher", "sleep", out_dir)
+    for profile in ("coder", "admin"):
+        write_worker_config(home, profile, "ok", out_dir, dispatch="true" if profile == "coder" else "false")
+    hermesd.up_detached()
+    starts = out_dir / "t_4f9ea14a.starts"
+    wait_for(starts.exists, message="the researcher's worker to start")
+    worker = psutil.Process(json.loads(starts.read_text().splitlines()[0])["pid"])
+    leader = hermesd.profile("default")["pid"]
+
+    os.kill(leader, signal.SIGKILL)
+
+    wait_for(lambda: hermesd.profile("coder")["role"] == "leader", message="coder to take over")
+    assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+    lock_path = home / "kanban" / ".dispatcher.lock"
+    assert [holder.pid for holder in lock_holders(lock_path)] == [hermesd.profile("coder")["pid"]]
+    assert str(lock_path) not in [item.path for item in worker.open_files()]
+    assert worker.pid not in board_file_holders(home)
+    assert len(starts.read_text().splitlines()) == 1
