@@ -85,12 +85,15 @@ class Gateway:
             log.error("cannot start: %s", profile.error.describe())
             self.channel.send("fatal", error=profile.error.describe())
             return EXIT_CONFIG
-        try:
-            root_config = read_config_file(self.home.root / "config.yaml")
-        except ConfigError as error:
-            log.error("cannot start: %s", error.describe())
-            self.channel.send("fatal", error=error.describe())
-            return EXIT_CONFIG
+        root_config: dict = {}
+        if self.dispatch_in_gateway:
+            # A candidate needs the board-wide settings in the root config.yaml; other gateways do not.
+            try:
+                root_config = read_config_file(self.home.root / "config.yaml")
+            except ConfigError as error:
+                log.error("cannot start: %s", error.describe())
+                self.channel.send("fatal", error=error.describe())
+                return EXIT_CONFIG
 
         log.info("gateway %s started (pid %d, dispatch_in_gateway=%s)", self.profile_name, os.getpid(),
                  str(self.dispatch_in_gateway).lower())

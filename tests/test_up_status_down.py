@@ -206,3 +206,16 @@ def test_up_creates_minimal_home(hermesd: Hermesd, tmp_path: Path) -> None:
     assert list(profiles) == ["default"]
     assert profiles["default"]["role"] == "leader"
     assert list(board_file_holders(fresh)) == [profiles["default"]["pid"]]
+
+
+def test_broken_root_config_stops_only_default(hermesd: Hermesd, home: Path) -> None:
+    (home / "config.yaml").write_text("kanban: {dispatch_interval_seconds: 60\n")
+    result = hermesd.run("up", "--detach")
+
+    assert result.returncode == 1
+    assert f"{home / 'config.yaml'}: invalid YAML" in result.stderr
+    profiles = profiles_by_name(hermesd.status())
+    assert profiles["default"]["state"] == "fatal"
+    for name in NAMED_PROFILES:
+        assert profiles[name]["state"] == "running", name
+    assert board_file_holders(home) == {}
