@@ -98,6 +98,20 @@ def _validate_names(home: Home, names: list[str], option: str) -> None:
                    f"{', '.join(known)}. Create it with `hermes profile create NAME`", EXIT_USAGE)
 
 
+def _prepare_home(home: Home) -> None:
+    """Create a minimal home where there is none, and the state directory; exit 4 when that fails."""
+    if home.root.exists() and not home.root.is_dir():
+        raise fail(f"the Hermes home {home.root} is not a directory; pass --home with a directory", EXIT_HOME)
+    try:
+        if not home.exists():
+            create_minimal_home(home)
+            typer.echo(f"created a minimal Hermes home at {home.root}", err=True)
+        StatePaths(home).create()
+    except OSError as error:
+        raise fail(f"cannot prepare the Hermes home {home.root}: {error.strerror} ({error.filename}). "
+                   "Check its permissions, or pass --home with a writable directory", EXIT_HOME) from None
+
+
 def _validate_settings(home: Home) -> None:
     from kanban.profiles import ConfigError, read_config_file
     from supervisor.settings import SupervisorSettings
@@ -140,10 +154,7 @@ def up(
 ) -> None:
     """Start the gateways of every profile (or of --only) and supervise them."""
     home = context.obj.home
-    if not home.exists():
-        create_minimal_home(home)
-        typer.echo(f"created a minimal Hermes home at {home.root}", err=True)
-
+    _prepare_home(home)
     names = _split_names(only)
     _validate_names(home, names, "--only")
     _validate_settings(home)

@@ -166,6 +166,10 @@ def warnings_for(home: Home, disk_profiles: dict[str, Profile], entries: list[di
             warnings.append(f"{profile.config_path}: kanban.{', kanban.'.join(ignored)} is ignored: board-wide "
                             f"dispatcher settings come from {home.root / 'config.yaml'} whichever profile leads")
 
+    for directory in home.invalid_profile_dirs():
+        warnings.append(f"{directory} is not a valid profile name, so hermesd ignores it. Rename it to "
+                        "1 to 64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit")
+
     standbys = [entry["name"] for entry in entries if entry.get("role") == "standby"]
     if standbys:
         warnings.append(f"{len(standbys)} candidate(s) standing by: {', '.join(standbys)}. To make one owner "

@@ -219,3 +219,24 @@ def test_broken_root_config_stops_only_default(hermesd: Hermesd, home: Path) -> 
     for name in NAMED_PROFILES:
         assert profiles[name]["state"] == "running", name
     assert board_file_holders(home) == {}
+
+
+def test_home_that_is_a_file_is_rejected(hermesd: Hermesd, tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "hermes-file"
+    not_a_directory.write_text("just a file\n")
+
+    result = hermesd.run("--home", str(not_a_directory), "up", "--detach")
+
+    assert result.returncode == 4
+    assert f"the Hermes home {not_a_directory} is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not_a_directory.read_text() == "just a file\n"
+
+
+def test_invalid_profile_directory_is_reported(hermesd: Hermesd, home: Path) -> None:
+    (home / "profiles" / "Bad Name").mkdir()
+
+    status = hermesd.status()
+
+    assert "Bad Name" not in [entry["name"] for entry in status["profiles"]]
+    assert any("Bad Name is not a valid profile name" in warning for warning in status["warnings"])
