@@ -15,6 +15,7 @@ from typing import Any
 from kanban.election import lock_holders, read_owner_record
 from kanban.home import DEFAULT_PROFILE, Home, HomeError
 from kanban.profiles import Profile, load_profiles
+from kanban.settings import BOARD_WIDE_KEYS
 from supervisor.control import ControlError, request
 from supervisor.paths import StatePaths
 from supervisor.processes import is_same_process
@@ -22,9 +23,6 @@ from supervisor.statefile import read_state
 
 ACTIVE = ("starting", "running", "stopping")
 
-# Dispatcher settings that apply to every board; they are read from the root config.yaml only.
-BOARD_WIDE_KEYS = ("dispatch_interval_seconds", "max_in_progress", "max_in_progress_per_profile", "failure_limit",
-                   "default_assignee")
 
 
 def supervisor_pid(paths: StatePaths) -> int | None:
