@@ -7,7 +7,8 @@ Run it from the repository root after `pip install -e '.[bench]'`. Sections:
   exists. A missing module or an error is recorded in the results, and the rest still run.
 
 Benchmarks report numbers and never fail on a time limit. The exit status is 1 when a
-section raised an error, so a broken harness is noticed, and 0 otherwise.
+section raised an error, so a broken harness is noticed, and 0 otherwise (also when a
+section's module does not exist yet: that section is recorded as skipped).
 """
 
 from __future__ import annotations
@@ -99,12 +100,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+class SectionMissing(Exception):
+    """A section's module is not in this checkout yet."""
+
+
 def run_section(name: str, function: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run one section; an exception is recorded and printed instead of ending the run."""
     print(f"bench: running {name} ...", flush=True)
     started = time.monotonic()
     try:
         result = function()
+    except SectionMissing as missing:
+        print(f"bench: skipping {name}: {missing}", flush=True)
+        result = {"skipped": str(missing)}
     except Exception as error:  # noqa: BLE001 - one broken section must not lose the others
         traceback.print_exc()
         print(f"bench: {name} failed: {type(error).__name__}: {error}", flush=True)
@@ -121,7 +129,7 @@ def run_other(name: str, quick: bool) -> dict[str, Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name == module_name:
-            raise RuntimeError(f"{module_name} does not exist yet, so {name} was not measured") from None
+            raise SectionMissing(f"{module_name} does not exist yet, so {name} was not measured") from None
         raise
     return {"result": module.run(quick)}
 
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.monotonic()
 
+    machine_at_start = machine()
     unavailable = {peer: reason for peer, reason in peers_available().items() if reason}
     for peer, reason in unavailable.items():
         print(f"bench: skipping {peer}: {reason}", flush=True)
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started_at.isoformat(timespec="seconds"),
         "command": "python -m bench" + (" " + " ".join(argv) if argv else ""),
         "quick": arguments.quick,
-        "machine": machine(),
+        "machine": {**machine_at_start, "load_average_at_end": os.getloadavg()},
         "peers_skipped": unavailable,
         "duration_seconds": round(time.monotonic() - started, 1),
         "sections": sections,

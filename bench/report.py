@@ -134,6 +134,8 @@ def other_results(sections: dict[str, Any], names: list[str]) -> str:
             continue
         if section.get("error"):
             lines.append(f"{name}: error: {section['error']}")
+        elif section.get("skipped"):
+            lines.append(f"{name}: skipped: {section['skipped']}")
         else:
             lines.append(f"{name}: {json.dumps(section.get('result'), default=str, sort_keys=True)}")
     return "\n".join(lines)

@@ -103,7 +103,16 @@ def test_table_rows_have_ratios(results: dict[str, Any]) -> None:
 
 def test_missing_section_module_is_recorded() -> None:
     section = bench_main.run_section("absent", lambda: bench_main.run_other("no_such_benchmark", True))
-    assert "bench.no_such_benchmark does not exist" in section["error"]
+    assert "error" not in section
+    assert "bench.no_such_benchmark does not exist" in section["skipped"]
+
+
+def test_failing_section_is_recorded() -> None:
+    def fail() -> dict[str, Any]:
+        raise ValueError("broken on purpose")
+
+    section = bench_main.run_section("broken", fail)
+    assert section["error"] == "ValueError: broken on purpose"
 
 
 def test_ready_line_parsing() -> None:
