@@ -32,13 +32,14 @@ from typing import Any
 
 from kanban import outcomes, tasks
 from kanban.home import Home
+from kanban.jsonfile import read_json_object
 from kanban.profiles import ConfigError
 from kanban.settings import WORKER_COMMAND_KEY, DispatchSettings, SettingsCache, worker_command
 from kanban.store import Board
 from kanban.watcher import ChangeWatcher
 from kanban.workers import (
     PID_SUFFIX, STATUS_SUFFIX, WorkerFiles, WorkerProcess, WorkerSpec, board_directory, is_alive, kill_orphans,
-    launch_worker, missing_program, process_start_time, read_json_file, runs_directory, signal_worker,
+    launch_worker, missing_program, process_start_time, runs_directory, signal_worker,
     worker_environment,
 )
 
@@ -187,7 +188,7 @@ class Dispatcher:
     def find_unrecorded_worker(self, board: Board, task: dict[str, Any], run: dict[str, Any],
                                identity: dict[str, Any], files: WorkerFiles) -> tuple[int | None, float | None]:
         """Find a worker that started but whose pid the leader that started it did not record, and record it."""
-        written = read_json_file(files.pid_file)
+        written = read_json_object(files.pid_file)
         if written is None or not isinstance(written.get("pid"), int):
             return None, None
         pid = written["pid"]
@@ -257,7 +258,7 @@ class Dispatcher:
     def finish(self, board: Board, task: dict[str, Any], run: dict[str, Any], identity: dict[str, Any], pid: int,
                files: WorkerFiles, settings: DispatchSettings) -> None:
         """Apply the exit rules to a worker that is gone."""
-        status = read_json_file(files.status)
+        status = read_json_object(files.status)
         if status is None:
             killed = kill_orphans(pid, run["id"])
             if killed:

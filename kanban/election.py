@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -28,6 +27,8 @@ from typing import Any
 
 import filelock
 import psutil
+
+from kanban.jsonfile import read_json_object, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -145,23 +146,12 @@ class LeaderLock:
 # Owner record
 
 def write_owner_record(path: Path, record: dict[str, Any]) -> None:
-    """Write the owner record atomically (temporary file, fsync, rename) with mode 0600."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, json.dumps(record, sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    """Write the owner record beside the lock, atomically and with mode 0600."""
+    write_json_atomically(path, record)
 
 
 def read_owner_record(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(path)
 
 
 def owner_record(profile: str, epoch: int) -> dict[str, Any]:

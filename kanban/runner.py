@@ -14,7 +14,6 @@ The wrapper imports only the standard library, so it starts fast.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from kanban.jsonfile import write_json_atomically
 
 DEFAULT_MAX_LOG_BYTES = 2 * 1024 * 1024
 TAIL_BYTES = 4096
@@ -33,15 +34,6 @@ DRAIN_SECONDS = 2.0
 
 # Exit status of the wrapper when the command could not be started (as a shell reports it).
 EXIT_NOT_STARTED = 127
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 class CappedLog:

@@ -8,7 +8,6 @@ reused for another process is never taken for the worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -193,11 +192,3 @@ def kill_orphans(process_group: int, run_id: int) -> int:
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
     return killed
-
-
-def read_json_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -32,7 +32,7 @@ from supervisor.paths import StatePaths
 from supervisor.processes import start_time
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import SupervisorSettings
-from supervisor.statefile import write_state
+from kanban.jsonfile import write_json_atomically
 
 log = logging.getLogger("hermesd")
 
@@ -608,7 +608,7 @@ class Supervisor:
         snapshot = self.snapshot()
         snapshot["supervisor"]["running"] = running
         try:
-            write_state(self.paths.state_file, snapshot)
+            write_json_atomically(self.paths.state_file, snapshot)
         except OSError as error:
             log.error("cannot write the state file %s: %s", self.paths.state_file, error)
             return

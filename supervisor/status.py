@@ -19,7 +19,7 @@ from kanban.settings import BOARD_WIDE_KEYS
 from supervisor.control import ControlError, request
 from supervisor.paths import StatePaths
 from supervisor.processes import is_same_process
-from supervisor.statefile import read_state
+from kanban.jsonfile import read_json_object
 
 ACTIVE = ("starting", "running", "stopping")
 
@@ -27,7 +27,7 @@ ACTIVE = ("starting", "running", "stopping")
 
 def supervisor_pid(paths: StatePaths) -> int | None:
     """The pid of the live supervisor of this home, or None (checked by pid and start time)."""
-    state = read_state(paths.state_file) or {}
+    state = read_json_object(paths.state_file) or {}
     record = state.get("supervisor") or {}
     pid, started = record.get("pid"), record.get("start_time")
     if record.get("running") and is_same_process(pid, started):
@@ -87,7 +87,7 @@ def build_status(home: Home, names: list[str] | None = None) -> dict[str, Any]:
     paths = StatePaths(home)
     disk_profiles = {profile.name: profile for profile in load_profiles(home)}
     snapshot = live_snapshot(paths)
-    state = read_state(paths.state_file) or {}
+    state = read_json_object(paths.state_file) or {}
 
     supervisor: dict[str, Any] = {"running": False, "pid": None}
     if snapshot is not None:
