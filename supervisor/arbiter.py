@@ -42,6 +42,9 @@ PR_SET_CHILD_SUBREAPER = 36
 LEADER_FIRST_SECONDS = 5.0
 # Maximum sleep of the loop in seconds; timers (backoff, stop deadlines, watchdog) wake it earlier.
 LOOP_SECONDS = 1.0
+# Gateways started in one pass of the loop; starting 50 at once would keep the control socket
+# unanswered for seconds on a busy machine.
+STARTS_PER_PASS = 4
 # Time to let a gateway's leftover descendants exit after SIGTERM before SIGKILL.
 ORPHAN_GRACE_SECONDS = 2.0
 
@@ -247,7 +250,10 @@ class Supervisor:
         self.state_dirty = True
 
     def _handle_message(self, child: GatewayChild, message: dict[str, Any]) -> None:
+        """Apply a gateway's message; the state file is rewritten only when something it shows changed."""
         kind = message.get("type")
+        if kind == "heartbeat":
+            return  # read_channel already recorded when the gateway was last heard from
         if kind == "ready" and child.state == states.STARTING:
             child.state = states.RUNNING
             child.ready_at = time.time()
@@ -261,8 +267,12 @@ class Supervisor:
             if child.name == DEFAULT_PROFILE:
                 self.leader_hold_until = 0.0
         elif kind == "boards":
-            child.boards = message.get("boards") or {}
-            child.skipped_boards = message.get("skipped") or {}
+            boards = message.get("boards") or {}
+            skipped = message.get("skipped") or {}
+            if boards == child.boards and skipped == child.skipped_boards:
+                return
+            child.boards = boards
+            child.skipped_boards = skipped
         elif kind == "notifications":
             # The leader reports, per target profile, the messages it could not deliver yet.
             pending = message.get("pending") or {}
@@ -363,6 +373,7 @@ class Supervisor:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        started = 0
         for name, when in list(self.next_start.items()):
             if when > now or self.shutting_down:
                 continue
@@ -372,7 +383,10 @@ class Supervisor:
                 continue
             if self._must_wait_for_leader(child, now):
                 continue
+            if started >= STARTS_PER_PASS:
+                break  # the rest start on the next pass, after the control socket has been served
             self._start(name)
+            started += 1
 
         for child in self.children.values():
             if child.deadline is None or child.deadline > now:

@@ -35,6 +35,8 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_HOME = 4
 
+# How long one control request may take; a supervisor starting many gateways answers between starts.
+CONTROL_TIMEOUT_SECONDS = 30.0
 # How long `up --detach` waits for every gateway to report ready or fail.
 DETACH_TIMEOUT_SECONDS = 60.0
 
@@ -266,7 +268,7 @@ def _wait_until_settled(home: Home, paths: StatePaths, names: list[str], timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
-            snapshot = request(paths.control_socket, "status", timeout=5)["status"]
+            snapshot = request(paths.control_socket, "status", timeout=CONTROL_TIMEOUT_SECONDS)["status"]
         except ControlError as error:
             raise fail(f"lost contact with the supervisor: {error}", EXIT_FAILED) from None
         selected = names or snapshot.get("wanted") or []
