@@ -56,6 +56,7 @@ class LeaderRuntime:
         self.epoch = 0
         self.wake = threading.Event()
         self.service_errors: dict[tuple[str, str], tuple[float, int]] = {}
+        self.last_board_report: dict[str, Any] | None = None
 
     # Takeover
 
@@ -173,13 +174,18 @@ class LeaderRuntime:
         self.service_errors[key] = (now, 0)
 
     def report_boards(self) -> None:
+        """Send the task counts per board to the supervisor when they changed since the last report."""
         counts: dict[str, Any] = {}
         for slug, board in self.boards.items():
             try:
                 counts[slug] = board.task_counts()
             except Exception as error:  # noqa: BLE001 - a broken board must not stop the report
                 log.error("cannot count tasks on board %s: %s", slug, error)
-        self.report("boards", boards=counts, skipped=self.skipped_boards, epoch=self.epoch)
+        report = {"boards": counts, "skipped": dict(self.skipped_boards), "epoch": self.epoch}
+        if report == self.last_board_report:
+            return
+        self.report("boards", **report)
+        self.last_board_report = report
 
     # Step-down
 

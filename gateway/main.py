@@ -31,7 +31,9 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: the profile's configuration is unusable
 EXIT_STEPPED_DOWN = 75  # EX_TEMPFAIL: lost the leadership; the supervisor restarts the gateway as a candidate
 
-HEARTBEAT_SECONDS = 2.0
+# The supervisor learns of a gateway's death from SIGCHLD and the channel closing; the heartbeat
+# only shows when a live gateway was last heard from, so it can be rare.
+HEARTBEAT_SECONDS = 30.0
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
