@@ -8,35 +8,30 @@ pipes, then reaps exited processes, applies the restart policy and writes the st
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
 import filelock
-import psutil
 
 from kanban.election import lock_holders
 from kanban.home import DEFAULT_PROFILE, Home
 from kanban.profiles import ConfigError, Profile, load_profiles, read_config_file
 from supervisor import child as states
 from supervisor.child import GatewayChild
-from supervisor.control import ControlError, bind_control_socket, peer_is_allowed, read_message, send_message
+from supervisor.control import bind_control_socket, serve_one_request
 from supervisor.paths import StatePaths
 from supervisor.processes import start_time
-from supervisor.sdnotify import SystemdNotifier
+from supervisor.descendants import become_subreaper, kill_descendants
+from supervisor.sdnotify import SystemdNotifier, SystemdReporter
 from supervisor.settings import SupervisorSettings
 from kanban.jsonfile import write_json_atomically
 
 log = logging.getLogger("hermesd")
-
-PR_SET_CHILD_SUBREAPER = 36
 
 # How long other candidates wait for `default` to take the lock first, so the leader is predictable.
 LEADER_FIRST_SECONDS = 5.0
@@ -71,10 +66,7 @@ class Supervisor:
         self.signal_queue: list[int] = []
         self.shutting_down = False
         self.state_dirty = True
-        self.notifier = SystemdNotifier()
-        self.announced_ready = False
-        self.last_watchdog = 0.0
-        self.last_status_line = ""
+        self.systemd = SystemdReporter(SystemdNotifier())
         self.leader_hold_until = 0.0
         self.started_at = time.time()
         self.user_umask = 0o022
@@ -171,7 +163,7 @@ class Supervisor:
 
             if self.state_dirty:
                 self.write_state(running=True)
-            self._notify_systemd()
+            self.systemd.update(self.children.values(), starts_pending=bool(self.next_start))
 
             if self.shutting_down and not any(child.is_active for child in self.children.values()):
                 return
@@ -511,7 +503,7 @@ class Supervisor:
         if self.shutting_down:
             return
         self.shutting_down = True
-        self.notifier.stopping()
+        self.systemd.notifier.stopping()
         self.next_start.clear()
         for child in self.children.values():
             if child.is_active and child.state != states.STOPPING:
@@ -522,49 +514,14 @@ class Supervisor:
         self.state_dirty = True
 
     def _kill_leftover_descendants(self) -> None:
-        """Stop processes that gateways left behind and that the subreaper adopted."""
-        try:
-            leftovers = psutil.Process().children(recursive=True)
-        except psutil.Error:
-            return
-        if not leftovers:
-            return
-        log.info("stopping %d process(es) left behind by gateways: %s", len(leftovers),
-                 ", ".join(str(process.pid) for process in leftovers))
-        for process in leftovers:
-            try:
-                process.terminate()
-            except psutil.Error:
-                pass
-        _gone, alive = psutil.wait_procs(leftovers, timeout=ORPHAN_GRACE_SECONDS)
-        for process in alive:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=ORPHAN_GRACE_SECONDS)
+        kill_descendants(ORPHAN_GRACE_SECONDS)
         self._reap()
 
     # Control socket
 
     def _accept_control(self) -> None:
         assert self._control is not None
-        try:
-            connection, _address = self._control.accept()
-        except BlockingIOError:
-            return
-        with connection:
-            connection.settimeout(2.0)
-            try:
-                if not peer_is_allowed(connection):
-                    send_message(connection, {"ok": False, "error": "permission denied: the control socket "
-                                              "accepts only the account that runs the supervisor"})
-                    return
-                request = read_message(connection)
-                response = self.handle_request(request)
-                send_message(connection, response)
-            except (OSError, ControlError) as error:
-                log.warning("control request failed: %s", error)
+        serve_one_request(self._control, self.handle_request)
 
     def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
@@ -628,28 +585,6 @@ class Supervisor:
             return
         self.state_dirty = False
 
-    def _notify_systemd(self) -> None:
-        if not self.notifier.enabled:
-            return
-        counts = {state: 0 for state in (states.RUNNING, states.STARTING, states.BACKOFF, states.FATAL)}
-        for child in self.children.values():
-            if child.state in counts:
-                counts[child.state] += 1
-        line = ", ".join(f"{count} {state}" for state, count in counts.items() if count) or "no gateways"
-
-        if not self.announced_ready and counts[states.STARTING] == 0 and not self.next_start:
-            self.notifier.ready(line)
-            self.announced_ready = True
-            self.last_status_line = line
-        elif line != self.last_status_line:
-            self.notifier.status(line)
-            self.last_status_line = line
-
-        interval = self.notifier.watchdog_interval
-        if interval is not None and time.monotonic() - self.last_watchdog >= interval:
-            self.notifier.watchdog()
-            self.last_watchdog = time.monotonic()
-
 
 def _describe_exit(last_exit: dict[str, Any] | None) -> str:
     if not last_exit:
@@ -668,12 +603,3 @@ def _has_pending_data(fd: int) -> bool:
         return False
     finally:
         selector.close()
-
-
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (Linux), so that processes a gateway leaves behind can be found and stopped."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s", os.strerror(ctypes.get_errno()))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.unix import bind_private_socket, peer_is_allowed, short_path as _short_path  # noqa: F401 (peer_is_allowed is re-exported)
+from gateway.unix import bind_private_socket, peer_is_allowed, peer_uid, short_path
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def request(path: Path, command: str, timeout: float = 10.0, **arguments: Any) -
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(timeout)
     try:
-        with _short_path(path) as address:
+        with short_path(path) as address:
             client.connect(address)
         send_message(client, {"command": command, **arguments})
         response = read_message(client)
@@ -74,3 +75,22 @@ def request(path: Path, command: str, timeout: float = 10.0, **arguments: Any) -
     if not response.get("ok", False):
         raise ControlError(response.get("error", "the supervisor rejected the request"))
     return response
+
+
+def serve_one_request(server: socket.socket, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Accept one connection on a listening socket, check the peer's uid, and answer its request with `handler`."""
+    try:
+        connection, _address = server.accept()
+    except BlockingIOError:
+        return
+    with connection:
+        connection.settimeout(2.0)
+        try:
+            if not peer_is_allowed(connection):
+                log.warning("rejected a control connection from uid %d", peer_uid(connection))
+                send_message(connection, {"ok": False, "error": "permission denied: the control socket "
+                                          "accepts only the account that runs the supervisor"})
+                return
+            send_message(connection, handler(read_message(connection)))
+        except (OSError, ControlError) as error:
+            log.warning("control request failed: %s", error)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +65,38 @@ def _watchdog_interval(environ: dict[str, str]) -> float | None:
     if microseconds <= 0:
         return None
     return microseconds / 2_000_000
+
+
+class SystemdReporter:
+    """Tells systemd when the gateways are up, how many are in which state, and that the loop is alive."""
+
+    REPORTED_STATES = ("running", "starting", "backoff", "fatal")
+
+    def __init__(self, notifier: SystemdNotifier):
+        self.notifier = notifier
+        self.announced_ready = False
+        self.last_status_line = ""
+        self.last_watchdog = 0.0
+
+    def update(self, children: Iterable[Any], starts_pending: bool) -> None:
+        """Send READY=1 once no gateway is starting, STATUS= when the counts change, and WATCHDOG=1 on time."""
+        if not self.notifier.enabled:
+            return
+        counts = {state: 0 for state in self.REPORTED_STATES}
+        for child in children:
+            if child.state in counts:
+                counts[child.state] += 1
+        line = ", ".join(f"{count} {state}" for state, count in counts.items() if count) or "no gateways"
+
+        if not self.announced_ready and counts["starting"] == 0 and not starts_pending:
+            self.notifier.ready(line)
+            self.announced_ready = True
+            self.last_status_line = line
+        elif line != self.last_status_line:
+            self.notifier.status(line)
+            self.last_status_line = line
+
+        interval = self.notifier.watchdog_interval
+        if interval is not None and time.monotonic() - self.last_watchdog >= interval:
+            self.notifier.watchdog()
+            self.last_watchdog = time.monotonic()
