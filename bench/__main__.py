@@ -1,6 +1,8 @@
 """`python -m bench`: run the benchmarks, write JSON and a table to bench/results/, print the table.
 
-Run it from the repository root after `pip install -e '.[bench]'`. Sections:
+Run it from the repository root with the Python of hermesd's environment (`pip install -e .`).
+The peers run from their own venv, which `python -m bench.peers --install` creates; without
+it the peers are skipped and only hermesd is measured. Sections:
 
 - startup, status, idle, fds: hermesd against supervisord and circus (this package);
 - failover, dispatch, notify: each module's `run(quick) -> dict`, run when the module
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ from typing import Any, Callable
 
 import psutil
 
-from bench import fds, idle, report, startup, status
+from bench import fds, idle, peers_venv, report, startup, status
 from bench.peers import PEER_OF_KEY, SUPERVISOR_KEYS, peers_available
 
 PEER_SECTIONS = ("startup", "status", "idle", "fds")
@@ -70,13 +71,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def git_commit() -> str | None:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
@@ -87,6 +81,7 @@ def git_commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
+    peer_versions = peers_venv.versions()
     return {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
@@ -95,8 +90,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average_at_start": os.getloadavg(),
         "hermesd_commit": git_commit(),
-        "supervisor_version": package_version("supervisor"),
-        "circus_version": package_version("circus"),
+        "supervisor_version": peer_versions["supervisor"],
+        "circus_version": peer_versions["circus"],
     }
 
 

@@ -11,10 +11,15 @@ The peers run the command that hermesd runs for a gateway, without the parent ch
 `python -m gateway --home ROOT --profile NAME --dispatch-in-gateway true`. They cannot see
 the gateway's READY message, so readiness is measured the same way for every supervisor:
 by the gateway's own log line `gateway NAME started`, with the time taken from the line.
+
+supervisord and circus run from their own virtual environment (`bench/peers_venv.py`),
+created by `python -m bench.peers --install`; hermesd and the gateways run from the
+environment that runs the benchmark.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -33,6 +38,8 @@ from typing import Any
 
 import psutil
 
+from bench import peers_venv
+
 RUN_MARKER = "BENCH_HERMESD_RUN"
 BIN_DIR = Path(sys.executable).parent
 
@@ -46,7 +53,7 @@ READY_LINE = re.compile(
 
 
 class PeerUnavailable(Exception):
-    """A peer supervisor is not installed in this environment."""
+    """A peer supervisor's scripts are missing: the peers' venv is absent, stale or broken."""
 
 
 class StartFailed(Exception):
@@ -360,10 +367,14 @@ class UnixStreamTransport(xmlrpc.client.Transport):
 
 
 def _require(script: str) -> Path:
-    path = BIN_DIR / script
+    """Return the path of a peer's script in the peers' venv; raise PeerUnavailable when it cannot be used."""
+    reason = peers_venv.missing_reason()
+    if reason is not None:
+        raise PeerUnavailable(reason)
+    path = peers_venv.script(script)
     if not path.exists():
-        raise PeerUnavailable(f"{script} is not installed next to {sys.executable}; install the benchmark "
-                              "extra with `pip install -e '.[bench]'`")
+        raise PeerUnavailable(f"{path} does not exist; reinstall the peers' venv with "
+                              f"`{peers_venv.INSTALL_COMMAND} --force`")
     return path
 
 
@@ -489,20 +500,30 @@ class Circus(Supervisor):
         self.process = self._popen([str(self.circusd), str(self.config_path)], "circusd.out")
 
     def wait_own_ready(self, timeout: float) -> float:
-        """Wait until circus reports every watcher active."""
-        from circus.client import CircusClient  # circus is an optional dependency (the bench extra)
-        from circus.exc import CallError
+        """Wait until circus reports every watcher active.
 
-        client = CircusClient(endpoint=self.endpoint, timeout=2.0)
-
-        def all_active() -> tuple[bool, Any]:
-            statuses = client.call({"command": "status", "properties": {}}).get("statuses") or {}
-            return all(statuses.get(name) == "active" for name in self.profiles), statuses
-
+        circus's client library is installed only in the peers' venv, so `bench/circus_ready.py`
+        polls from there and prints the time it saw every watcher active.
+        """
+        command = [str(peers_venv.python()), "-I", str(Path(__file__).with_name("circus_ready.py")),
+                   "--endpoint", self.endpoint, "--timeout", f"{timeout:g}", *self.profiles]
+        poller = subprocess.Popen(command, env=self.environ, cwd=self.directory, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            return self._poll_until(all_active, timeout, "every watcher active", (CallError, OSError))
+            while poller.poll() is None:
+                if self.process is not None and self.process.poll() is not None:
+                    raise StartFailed(f"{self.label} exited with status {self.process.returncode}; "
+                                      f"see {self.directory}")
+                time.sleep(POLL_SECONDS)
+            output, errors = poller.communicate()
         finally:
-            client.stop()
+            if poller.poll() is None:
+                poller.kill()
+                poller.wait()
+        if poller.returncode != 0:
+            raise StartFailed(f"{self.label} did not report every watcher active within {timeout:g} s: "
+                              f"{output.strip()[-2000:]} {errors.strip()[-2000:]}")
+        return float(json.loads(output)["ready_at"])
 
     def gateway_logs(self) -> dict[str, Path]:
         return {name: self.logs_dir / f"{name}.log" for name in self.profiles}
@@ -512,7 +533,7 @@ class Circus(Supervisor):
 
 
 def peers_available() -> dict[str, str | None]:
-    """Map each peer to None when it is installed, or to the reason it is not."""
+    """Map each peer to None when its scripts are in the peers' venv, or to the reason they are not."""
     reasons: dict[str, str | None] = {}
     for peer, scripts in (("supervisord", ("supervisord", "supervisorctl")), ("circus", ("circusd", "circusctl"))):
         reasons[peer] = None
@@ -522,11 +543,6 @@ def peers_available() -> dict[str, str | None]:
             except PeerUnavailable as error:
                 reasons[peer] = str(error)
                 break
-        if peer == "circus" and reasons[peer] is None:
-            try:
-                import circus.client  # noqa: F401
-            except ImportError as error:
-                reasons[peer] = f"circus cannot be imported: {error}"
     return reasons
 
 
@@ -580,3 +596,28 @@ def running_supervisors(keys: list[str], workdir: Path, source_home: Path, profi
             supervisor.clean_up()
         for supervisor in supervisors:
             shutil.rmtree(supervisor.directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.peers",
+                                     description="Manage the virtual environment of the peer supervisors.")
+    parser.add_argument("--install", action="store_true",
+                        help=f"create {peers_venv.VENV_DIR} and install {peers_venv.REQUIREMENTS.name} into it, "
+                             "unless it is already installed from the current file")
+    parser.add_argument("--force", action="store_true", help="with --install: recreate the venv even when current")
+    arguments = parser.parse_args(argv)
+    if arguments.force and not arguments.install:
+        parser.error("--force needs --install")
+    if arguments.install:
+        try:
+            peers_venv.install(force=arguments.force)
+        except (OSError, subprocess.SubprocessError) as error:
+            print(f"bench: installing the peers' venv failed: {error}", file=sys.stderr)
+            return 1
+    for peer, reason in peers_available().items():
+        print(f"{peer}: {reason or 'installed in ' + str(peers_venv.VENV_DIR)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
