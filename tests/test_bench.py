@@ -1,4 +1,9 @@
-"""The benchmark harness in quick mode on a tiny home: the results file's structure, never timings."""
+"""The benchmark harness in quick mode on a tiny home: the results file's structure, never timings.
+
+The peer rows need supervisord and circus in bench/.peers-venv (`python -m bench.peers --install`,
+which .ci/run does). Without that venv the benchmark measures hermesd alone, and only the tests
+of the peer rows are skipped.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from typing import Any
 
 import pytest
 
+import supervisor
 from bench import __main__ as bench_main
+from bench import peers_venv
 from bench.peers import parse_ready_time, peers_available
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -37,7 +44,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def require_peers(results: dict[str, Any]) -> None:
     if results["peers_skipped"]:
-        pytest.skip(f"peer supervisors not installed (pip install -e '.[bench]'): {results['peers_skipped']}")
+        reasons = "; ".join(f"{peer}: {reason}" for peer, reason in results["peers_skipped"].items())
+        pytest.skip(f"the benchmark skipped the peer supervisors, so there are no peer rows ({reasons})")
 
 
 def test_results_record_machine_and_command(results: dict[str, Any]) -> None:
@@ -129,3 +137,34 @@ def test_peers_available_reports_reasons() -> None:
     for peer, reason in peers_available().items():
         assert peer in ("supervisord", "circus")
         assert reason is None or "install" in reason or "cannot be imported" in reason
+
+
+def test_peers_venv_missing_names_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    venv = tmp_path / ".peers-venv"
+    monkeypatch.setattr(peers_venv, "VENV_DIR", venv)
+    monkeypatch.setattr(peers_venv, "STAMP", venv / "installed-requirements.sha256")
+    reason = peers_venv.missing_reason()
+    assert reason is not None
+    assert peers_venv.INSTALL_COMMAND in reason
+
+
+def test_peers_venv_stale_stamp_is_not_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    venv = tmp_path / ".peers-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    stamp = venv / "installed-requirements.sha256"
+    monkeypatch.setattr(peers_venv, "VENV_DIR", venv)
+    monkeypatch.setattr(peers_venv, "STAMP", stamp)
+
+    stamp.write_text("0" * 64 + "\n")
+    assert not peers_venv.is_current()
+    assert "reinstall" in (peers_venv.missing_reason() or "")
+
+    stamp.write_text(peers_venv.requirements_hash() + "\n")
+    assert peers_venv.is_current()
+    assert peers_venv.missing_reason() is None
+
+
+def test_supervisor_import_is_hermesd() -> None:
+    # supervisord lives in bench/.peers-venv; in hermesd's environment `supervisor` is hermesd.
+    assert Path(supervisor.__file__).resolve().parent == REPOSITORY / "supervisor"
