@@ -44,6 +44,12 @@ class Candidate:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def leader_pass_age(self) -> float | None:
+        """Seconds since the leader loop's last pass, or None when this candidate does not lead."""
+        if self.runtime is None or self.stepped_down:
+            return None
+        return self.runtime.pass_age()
+
     def wake(self) -> None:
         if self.runtime is not None:
             self.runtime.wake.set()

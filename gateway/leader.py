@@ -57,6 +57,7 @@ class LeaderRuntime:
         self.wake = threading.Event()
         self.service_errors: dict[tuple[str, str], tuple[float, int]] = {}
         self.last_board_report: dict[str, Any] | None = None
+        self.last_pass_at = time.monotonic()
 
     # Takeover
 
@@ -122,6 +123,7 @@ class LeaderRuntime:
         last_report = time.monotonic()
 
         while not stop.is_set():
+            self.last_pass_at = time.monotonic()
             self.check_fencing()
             self.check_lock_file()
             self.open_boards()
@@ -133,6 +135,10 @@ class LeaderRuntime:
 
             self.wake.wait(HOUSEKEEPING_SECONDS)
             self.wake.clear()
+
+    def pass_age(self) -> float:
+        """Seconds since the leader loop last started a pass; grows without bound when the loop is stuck."""
+        return time.monotonic() - self.last_pass_at
 
     def check_fencing(self) -> None:
         """Run an empty leader write on every board, so a leader that was frozen while another took

@@ -31,9 +31,9 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: the profile's configuration is unusable
 EXIT_STEPPED_DOWN = 75  # EX_TEMPFAIL: lost the leadership; the supervisor restarts the gateway as a candidate
 
-# The supervisor learns of a gateway's death from SIGCHLD and the channel closing; the heartbeat
-# only shows when a live gateway was last heard from, so it can be rare.
-HEARTBEAT_SECONDS = 30.0
+# Default interval of the heartbeat, which tells the supervisor that the gateway (and, in a
+# leader, the leader loop) still makes progress; the supervisor passes its own interval.
+HEARTBEAT_SECONDS = 10.0
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +45,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parent-fd", type=int, default=None, help="inherited channel to the supervisor")
     parser.add_argument("--parent-pid", type=int, default=None, help="pid of the supervisor")
     parser.add_argument("--run-dir", default=None, help="directory for the gateway's sockets")
+    parser.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_SECONDS,
+                        help="seconds between heartbeats to the supervisor")
     return parser.parse_args(argv)
 
 
@@ -116,10 +118,18 @@ class Gateway:
             log.info("dispatch_in_gateway is false: this gateway never opens a board database")
             self.channel.send("role", role="off")
 
-        while not self.stop.wait(HEARTBEAT_SECONDS):
-            self.channel.send("heartbeat")
+        while not self.stop.wait(self.arguments.heartbeat_seconds):
+            self.send_heartbeat()
 
         return self._shut_down()
+
+    def send_heartbeat(self) -> None:
+        """Tell the supervisor this gateway is alive; a leader adds how long ago its loop last ran a pass."""
+        pass_age = self.candidate.leader_pass_age() if self.candidate is not None else None
+        if pass_age is None:
+            self.channel.send("heartbeat")
+        else:
+            self.channel.send("heartbeat", leader_pass_age=round(pass_age, 3))
 
     def start_delivery(self, directory: Path, env_file: dict[str, str]) -> None:
         """Listen on the delivery socket, where the leader hands this profile its notifications."""

@@ -245,7 +245,9 @@ class Supervisor:
         """Apply a gateway's message; the state file is rewritten only when something it shows changed."""
         kind = message.get("type")
         if kind == "heartbeat":
-            return  # read_channel already recorded when the gateway was last heard from
+            # read_channel already recorded when the gateway was last heard from.
+            child.leader_pass_age = message.get("leader_pass_age")
+            return
         if kind == "ready" and child.state == states.STARTING:
             child.state = states.RUNNING
             child.ready_at = time.time()
@@ -319,6 +321,8 @@ class Supervisor:
         elif reason == "start_timeout":
             child.error = f"not ready within {self.settings.start_timeout:g} s"
             self._after_failure(child)
+        elif reason == "hung":
+            self._after_failure(child)
         elif self.shutting_down:
             child.state = states.STOPPED
         elif code == states.EXIT_STEPPED_DOWN:
@@ -381,6 +385,7 @@ class Supervisor:
             started += 1
 
         for child in self.children.values():
+            self._check_hang(child, now)
             if child.deadline is None or child.deadline > now:
                 continue
             if child.state == states.STARTING:
@@ -393,6 +398,30 @@ class Supervisor:
                             self.settings.stop_timeout)
                 child.signal_group(signal.SIGKILL)
                 child.deadline = None
+
+    def _check_hang(self, child: GatewayChild, now: float) -> None:
+        """Kill a running gateway that went silent, or whose leader loop stopped making passes.
+
+        A gateway frozen with SIGSTOP, or deadlocked, keeps the election lock while it lives, so
+        the standbys could never take over; killing it hands the lock on and restarts it.
+        """
+        timeout = self.settings.hang_timeout
+        if timeout <= 0 or child.state != states.RUNNING or child.name in self.stop_reasons:
+            return
+        silent_for = now - child.last_heard
+        if silent_for > timeout:
+            problem = f"sent nothing for {silent_for:.1f} s"
+        elif child.role == "leader" and child.leader_pass_age is not None and child.leader_pass_age > timeout:
+            problem = f"its leader loop made no pass for {child.leader_pass_age:.1f} s"
+        else:
+            return
+        log.error("gateway %s (pid %s) %s (hang_timeout %g s); killing it", child.name, child.pid, problem, timeout)
+        child.error = f"killed as hung: {problem}"
+        self.stop_reasons[child.name] = "hung"
+        child.state = states.STOPPING
+        child.deadline = None
+        child.signal_group(signal.SIGKILL)
+        self.state_dirty = True
 
     def _must_wait_for_leader(self, child: GatewayChild, now: float) -> bool:
         """Hold other candidates back until `default` has competed for the lock, for a few seconds at most."""

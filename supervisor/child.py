@@ -46,7 +46,7 @@ EXIT_CONFIG = 78
 COMMAND_ENV_PREFIX = "HERMESD_GATEWAY_COMMAND_"
 
 
-def gateway_command(home: Home, profile: Profile, parent_fd: int, run_dir: str) -> list[str]:
+def gateway_command(home: Home, profile: Profile, parent_fd: int, run_dir: str, heartbeat_seconds: float) -> list[str]:
     """Build the gateway's command line.
 
     `HERMESD_GATEWAY_COMMAND_<PROFILE>` (profile name upper-cased, '-' as '_') replaces
@@ -62,6 +62,7 @@ def gateway_command(home: Home, profile: Profile, parent_fd: int, run_dir: str) 
         "--parent-fd", str(parent_fd),
         "--parent-pid", str(os.getpid()),
         "--run-dir", run_dir,
+        "--heartbeat-seconds", f"{heartbeat_seconds:g}",
     ]
 
 
@@ -95,6 +96,8 @@ class GatewayChild:
         self.deadline: float | None = None
         self.restart_after_stop = False
         self.last_message_at: float | None = None
+        self.last_heard = time.monotonic()
+        self.leader_pass_age: float | None = None
 
     @property
     def name(self) -> str:
@@ -110,7 +113,7 @@ class GatewayChild:
         """Start the gateway process in a process group of its own; raise OSError when it cannot start."""
         parent_end, child_end = socket.socketpair()
         output_read, output_write = os.pipe()
-        command = gateway_command(home, self.profile, child_end.fileno(), run_dir)
+        command = gateway_command(home, self.profile, child_end.fileno(), run_dir, self.settings.heartbeat_seconds)
         try:
             process = subprocess.Popen(
                 command,
@@ -143,6 +146,8 @@ class GatewayChild:
         self.role_error = None
         self.boards = {}
         self.started_at = time.time()
+        self.last_heard = time.monotonic()
+        self.leader_pass_age = None
         self.ready_at = None
         self.deadline = time.monotonic() + self.settings.start_timeout
         log.info("started gateway %s (pid %d): %s", self.name, process.pid, shlex.join(command[:3]))
@@ -175,6 +180,7 @@ class GatewayChild:
             if isinstance(message, dict):
                 messages.append(message)
         self.last_message_at = time.time()
+        self.last_heard = time.monotonic()
         return messages
 
     def close_channel(self) -> None:

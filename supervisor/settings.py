@@ -7,6 +7,7 @@
       backoff_max: 60        # longest restart delay in seconds
       max_failures: 5        # quick failures in a row before a gateway is fatal
       stable_seconds: 10     # a run this long resets the failure count
+      hang_timeout: 30       # a gateway silent this long, or a leader loop stuck this long, is killed; 0: never
       log_max_bytes: 10485760  # size at which a gateway log rotates
       log_backups: 5         # rotated files kept per gateway
 """
@@ -33,6 +34,7 @@ class SupervisorSettings:
     backoff_max: float = 60.0
     max_failures: int = 5
     stable_seconds: float = 10.0
+    hang_timeout: float = 30.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
 
@@ -62,6 +64,13 @@ class SupervisorSettings:
             raise ConfigError(path, f"invalid value {value!r}", key=f"{SECTION}.{key}", value=value,
                               fix=f"use {kind}, zero or more")
         setattr(self, key, int(value) if integer else float(value))
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Interval the gateways heartbeat at: a third of hang_timeout, so one late heartbeat is not a hang."""
+        if self.hang_timeout <= 0:
+            return 30.0
+        return max(self.hang_timeout / 3, 0.2)
 
     def restart_delay(self, failures: int) -> float:
         """Seconds before restart number `failures`: doubling from backoff_initial, capped, minus up to 25% jitter."""

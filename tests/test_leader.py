@@ -66,3 +66,40 @@ def test_service_error_keeps_leader_running(home: Path, caplog: pytest.LogCaptur
     failures = [record for record in caplog.records if "flaky pass failed" in record.getMessage()]
     assert len(failures) == 1
     assert failures[0].exc_info is not None
+
+
+class StuckService:
+    """Blocks its first pass until released, as a service stuck on a lock or a hung call would."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def run_pass(self, boards: dict) -> None:
+        self.entered.set()
+        self.release.wait(30)
+
+    def stop(self) -> None:
+        self.release.set()
+
+
+def test_pass_age_grows_while_stuck(home: Path) -> None:
+    lock = LeaderLock(Home.resolve(home).lock_path)
+    assert lock.try_acquire()
+    service = StuckService()
+    runtime = LeaderRuntime(Home.resolve(home), "default", lock, lambda *args, **fields: None, [service])
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.run, args=(stop,))
+    thread.start()
+    try:
+        assert service.entered.wait(10)
+        first_age = runtime.pass_age()
+        wait_for(lambda: runtime.pass_age() > first_age + 0.5, message="the pass age to grow")
+    finally:
+        stop.set()
+        service.release.set()
+        thread.join(10)
+        runtime.shut_down()
+        lock.release()

@@ -402,3 +402,26 @@ def test_status_keeps_answering_during_crash_loop(hermesd: Hermesd, home: Path, 
              message="the other gateways running after the restart")
     zombies = [child for child in supervisor.children() if child.status() == psutil.STATUS_ZOMBIE]
     assert len(zombies) <= 1
+
+
+def test_frozen_leader_is_killed_and_replaced(hermesd: Hermesd, home: Path) -> None:
+    (home / "config.yaml").write_text("hermesd:\n  hang_timeout: 2\n  backoff_initial: 0.2\n")
+    set_dispatch(home, "coder", "true")
+    hermesd.up_detached()
+    frozen = hermesd.profile("default")["pid"]
+    frozen_process = psutil.Process(frozen)
+
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        wait_for(lambda: hermesd.profile("coder")["role"] == "leader", timeout=30, message="coder to take over")
+    finally:
+        if is_alive(frozen_process):
+            os.kill(frozen, signal.SIGCONT)
+
+    assert not is_alive(frozen_process)
+    wait_for(lambda: hermesd.profile("default")["role"] == "standby", message="default back as standby")
+    default = hermesd.profile("default")
+    assert default["last_exit"]["signal"] == "SIGKILL"
+    assert default["restarts"] >= 1
+    log = (home / "hermesd" / "logs" / "supervisor.log").read_text()
+    assert re.search(r"gateway default \(pid \d+\) sent nothing for [0-9.]+ s \(hang_timeout 2 s\); killing it", log)
