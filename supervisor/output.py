@@ -48,7 +48,10 @@ def _format_boards(boards: dict[str, dict[str, int]]) -> list[str]:
 
 def status_table(status: dict[str, Any]) -> str:
     supervisor = status["supervisor"]
-    if supervisor.get("running"):
+    if supervisor.get("running") and supervisor.get("reachable") is False:
+        header = (f"supervisor: running (pid {supervisor.get('pid')}) but not responding on its control socket; "
+                  "states below are from its state file")
+    elif supervisor.get("running"):
         header = f"supervisor: running (pid {supervisor.get('pid')})"
     else:
         header = "supervisor: not running"
@@ -61,7 +64,7 @@ def status_table(status: dict[str, Any]) -> str:
     for entry in status["profiles"]:
         rows.append((
             entry["name"],
-            entry["state"],
+            entry.get("state") or "unknown",
             str(entry.get("pid") or "-"),
             entry.get("role") or "none",
             _format_dispatch(entry),

@@ -11,7 +11,7 @@ START_TIME_TOLERANCE = 0.05
 def start_time(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError, TypeError):
         return None
 
 
@@ -24,6 +24,6 @@ def is_same_process(pid: int | None, expected_start_time: float | None) -> bool:
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
         actual = process.create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError, TypeError):
         return False
     return abs(actual - expected_start_time) <= START_TIME_TOLERANCE

@@ -28,10 +28,10 @@ ACTIVE = ("starting", "running", "stopping")
 def supervisor_pid(paths: StatePaths) -> int | None:
     """The pid of the live supervisor of this home, or None (checked by pid and start time)."""
     state = read_json_object(paths.state_file) or {}
-    record = state.get("supervisor") or {}
-    pid, started = record.get("pid"), record.get("start_time")
-    if record.get("running") and is_same_process(pid, started):
-        return int(pid)
+    record = state.get("supervisor")
+    if isinstance(record, dict) and record.get("running") and isinstance(record.get("pid"), int):
+        if is_same_process(record["pid"], record.get("start_time")):
+            return record["pid"]
     holders = lock_holders(paths.supervisor_lock)
     return holders[0].pid if holders else None
 
@@ -63,12 +63,17 @@ def _entry_for_disk_profile(profile: Profile) -> dict[str, Any]:
     }
 
 
-def _check_recorded_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """Turn a state-file entry into the truth: a process that is gone or reused is reported stopped."""
+def _check_recorded_entry(entry: dict[str, Any], supervisor_alive: bool) -> dict[str, Any]:
+    """Turn a state-file entry into the truth: a process that is gone or reused is reported stopped.
+
+    A live gateway keeps its recorded state while its supervisor lives (it only did not respond);
+    without a supervisor it is `orphaned`.
+    """
     entry = dict(entry)
     if entry.get("state") in ACTIVE or entry.get("pid"):
         if is_same_process(entry.get("pid"), entry.get("pid_start_time")):
-            entry["state"] = "orphaned"
+            if not supervisor_alive:
+                entry["state"] = "orphaned"
         else:
             if entry.get("state") in ACTIVE:
                 entry["stale"] = True
@@ -79,8 +84,43 @@ def _check_recorded_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _recorded_entries(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The state file's profile entries that have the expected shape; the rest is ignored.
+
+    The state file is hermesd's own, but it may have been edited or damaged by hand.
+    """
+    profiles = state.get("profiles")
+    if not isinstance(profiles, list):
+        return []
+    entries = []
+    for entry in profiles:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            cleaned = {key: value for key, value in entry.items() if _has_expected_type(key, value)}
+            cleaned.setdefault("state", "stopped")
+            cleaned.setdefault("role", "none")
+            entries.append(cleaned)
+    return entries
+
+
+# Types of the state-file fields that status reads; a field of another type is dropped.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "state": str, "pid": int, "pid_start_time": (int, float), "role": str, "restarts": int, "failures": int,
+    "last_exit": dict, "log": str, "error": str, "role_error": str, "boards": dict, "skipped_boards": dict,
+    "dispatch_in_gateway": bool, "dispatch_source": str, "started_at": (int, float),
+}
+
+
+def _has_expected_type(key: str, value: Any) -> bool:
+    expected = _FIELD_TYPES.get(key)
+    if expected is None or value is None:
+        return True
+    return isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+
+
 def build_status(home: Home, names: list[str] | None = None) -> dict[str, Any]:
     """Collect the status of a home; raise HomeError when the home does not exist."""
+    if home.root.exists() and not home.root.is_dir():
+        raise HomeError(f"the Hermes home {home.root} is not a directory; pass --home with a directory")
     if not home.exists():
         raise HomeError(f"Hermes home not found: {home.root}. Check --home or HERMES_HOME, "
                         "or run `hermesd up` to create a minimal home there")
@@ -97,9 +137,9 @@ def build_status(home: Home, names: list[str] | None = None) -> dict[str, Any]:
         pid = supervisor_pid(paths)
         if pid is not None:
             supervisor = {"running": True, "pid": pid, "reachable": False}
-        recorded = [_check_recorded_entry(entry) for entry in state.get("profiles") or []]
-        stale_record = (state.get("supervisor") or {}).get("running") and pid is None
-        supervisor["stale_state"] = bool(stale_record)
+        recorded = [_check_recorded_entry(entry, pid is not None) for entry in _recorded_entries(state)]
+        recorded_supervisor = state.get("supervisor") if isinstance(state.get("supervisor"), dict) else {}
+        supervisor["stale_state"] = bool(recorded_supervisor.get("running") and pid is None)
 
     entries: dict[str, dict[str, Any]] = {}
     for entry in recorded:

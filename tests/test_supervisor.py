@@ -425,3 +425,42 @@ def test_frozen_leader_is_killed_and_replaced(hermesd: Hermesd, home: Path) -> N
     assert default["restarts"] >= 1
     log = (home / "hermesd" / "logs" / "supervisor.log").read_text()
     assert re.search(r"gateway default \(pid \d+\) sent nothing for [0-9.]+ s \(hang_timeout 2 s\); killing it", log)
+
+
+@pytest.mark.parametrize("content", [
+    '{"profiles": 5}',
+    '{"profiles": [{"name": "default"}]}',
+    '{"supervisor": "x", "profiles": [{"name": "default", "state": 3, "pid": "12", "last_exit": "boom"}]}',
+    '[1, 2]',
+    'not json at all',
+])
+def test_damaged_state_file_is_ignored(hermesd: Hermesd, home: Path, content: str) -> None:
+    (home / "hermesd").mkdir(mode=0o700)
+    (home / "hermesd" / "state.json").write_text(content)
+
+    table = hermesd.run("status")
+    as_json = hermesd.run("status", "--json")
+
+    assert table.returncode == 3, table.stderr
+    assert "Traceback" not in table.stderr
+    assert as_json.returncode == 3, as_json.stderr
+    states = {entry["name"]: entry["state"] for entry in json.loads(as_json.stdout)["profiles"]}
+    assert states["default"] == "stopped"
+
+
+def test_status_of_unresponsive_supervisor(hermesd: Hermesd, home: Path) -> None:
+    hermesd.up_detached("--only", "writer")
+    supervisor = hermesd.supervisor_pid()
+
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        status = hermesd.status()
+        table = hermesd.run("status").stdout
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+
+    assert status["supervisor"]["running"] is True
+    assert status["supervisor"]["reachable"] is False
+    writer = next(entry for entry in status["profiles"] if entry["name"] == "writer")
+    assert writer["state"] == "running"
+    assert "not responding on its control socket" in table
