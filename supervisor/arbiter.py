@@ -25,8 +25,9 @@ from supervisor import child as states
 from supervisor.child import GatewayChild
 from supervisor.control import bind_control_socket, serve_one_request
 from supervisor.paths import StatePaths
-from supervisor.processes import start_time
 from supervisor.descendants import become_subreaper, kill_descendants
+from supervisor.logfile import reopen_file_handlers
+from supervisor.processes import start_time
 from supervisor.sdnotify import SystemdNotifier, SystemdReporter
 from supervisor.settings import SupervisorSettings
 from kanban.jsonfile import write_json_atomically
@@ -473,13 +474,13 @@ class Supervisor:
             if name not in self.wanted:
                 self.wanted.append(name)
             child.failures = 0
+            child.profile = self._reload_profile(child.profile)
             self.next_start.pop(name, None)
             if child.is_active:
                 if child.state != states.STOPPING:
                     child.begin_stop()
                 self.stop_reasons[name] = "restart"
             else:
-                child.profile = self._reload_profile(child.profile)
                 self._queue_start(name)
         self.state_dirty = True
         return names
@@ -491,20 +492,36 @@ class Supervisor:
         return profile
 
     def reload(self) -> dict[str, list[str]]:
-        """Start new profiles, stop removed ones, restart changed ones; leave the rest alone."""
+        """Start new profiles, stop removed ones, restart changed ones; leave the rest alone.
+
+        Log files are reopened too, so a log deleted by hand comes back at once.
+        """
+        self._reopen_logs()
         fresh = {profile.name: profile for profile in load_profiles(self.home)}
         self.settings = self._load_settings()
-        added, removed, changed = [], [], []
+        added, removed, changed, errors = [], [], [], []
 
         for name, profile in fresh.items():
-            if name not in self.children:
+            child = self.children.get(name)
+            if child is None:
                 self._add_child(profile)
                 added.append(name)
                 self.start([name])
-            elif profile.fingerprint != self.children[name].profile.fingerprint:
+                if profile.error is not None:
+                    errors.append(f"profile {name} is not started: {profile.error.describe()}")
+            elif profile.fingerprint != child.profile.fingerprint:
                 changed.append(name)
-                self.children[name].profile = profile
-                self.children[name].settings = self.settings
+                if profile.error is not None and child.is_active:
+                    # Keep the gateway that works on its old settings rather than stop it for a typo.
+                    message = f"profile {name} keeps running on its previous settings: {profile.error.describe()}"
+                    log.error("reload: %s", message)
+                    errors.append(message)
+                    child.error = message
+                    continue
+                child.profile = profile
+                child.settings = self.settings
+                if profile.error is not None:
+                    errors.append(f"profile {name} is not started: {profile.error.describe()}")
                 if name in self.wanted:
                     self.restart([name])
 
@@ -519,7 +536,15 @@ class Supervisor:
 
         log.info("reload: added %s, removed %s, changed %s", added or "none", removed or "none", changed or "none")
         self.state_dirty = True
-        return {"added": added, "removed": removed, "changed": changed}
+        return {"added": added, "removed": removed, "changed": changed, "errors": errors}
+
+    def _reopen_logs(self) -> None:
+        reopen_file_handlers()
+        for child in self.children.values():
+            try:
+                child.log.reopen()
+            except OSError as error:
+                log.error("cannot reopen the log of gateway %s at %s: %s", child.name, child.log_path, error)
 
     def _forget(self, name: str) -> None:
         self.children.pop(name, None)

@@ -392,6 +392,11 @@ def reload(context: typer.Context) -> None:
     response = _control(context.obj.home, "reload", [])
     for key in ("added", "removed", "changed"):
         typer.echo(f"{key}: {', '.join(response.get(key) or []) or 'none'}")
+    errors = response.get("errors") or []
+    for error in errors:
+        typer.echo(f"hermesd: error: {error}", err=True)
+    if errors:
+        raise typer.Exit(EXIT_FAILED)
 
 
 # logs

@@ -61,7 +61,28 @@ class RotatingLog:
             self.path.unlink(missing_ok=True)
         self._open()
 
+    def reopen(self) -> None:
+        """Close the file and open the path again, creating it if it was deleted (on reload)."""
+        self.close()
+        self._open()
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def reopen_file_handlers() -> None:
+    """Reopen the files of the root logger's file handlers, so a log deleted by hand comes back."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        handler.acquire()
+        try:
+            if handler.stream is not None:
+                handler.stream.close()
+            handler.stream = handler._open()
+        except OSError as error:
+            log.error("cannot reopen the log file %s: %s", handler.baseFilename, error)
+        finally:
+            handler.release()

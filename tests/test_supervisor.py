@@ -464,3 +464,34 @@ def test_status_of_unresponsive_supervisor(hermesd: Hermesd, home: Path) -> None
     writer = next(entry for entry in status["profiles"] if entry["name"] == "writer")
     assert writer["state"] == "running"
     assert "not responding on its control socket" in table
+
+
+def test_reload_keeps_gateway_when_new_config_is_invalid(hermesd: Hermesd, home: Path) -> None:
+    hermesd.up_detached("--only", "researcher,writer")
+    before = {entry["name"]: entry["pid"] for entry in hermesd.status()["profiles"] if entry["pid"]}
+    config = home / "profiles" / "researcher" / "config.yaml"
+    config.write_text("kanban:\n  dispatch_in_gateway: maybe\n")
+
+    result = hermesd.run("reload")
+
+    assert result.returncode == 1
+    assert "profile researcher keeps running on its previous settings" in result.stderr
+    assert f"{config}: kanban.dispatch_in_gateway: invalid value 'maybe'" in result.stderr
+    after = {entry["name"]: entry for entry in hermesd.status()["profiles"]}
+    assert after["researcher"]["state"] == "running"
+    assert after["researcher"]["pid"] == before["researcher"]
+    assert after["writer"]["pid"] == before["writer"]
+
+
+def test_reload_recreates_deleted_logs(hermesd: Hermesd, home: Path) -> None:
+    hermesd.up_detached("--only", "writer")
+    logs = home / "hermesd" / "logs"
+    (logs / "writer.log").unlink()
+    (logs / "supervisor.log").unlink()
+
+    assert hermesd.run("reload").returncode == 0
+
+    assert (logs / "writer.log").exists()
+    wait_for(lambda: (logs / "supervisor.log").exists() and "reload:" in (logs / "supervisor.log").read_text(),
+             message="the supervisor log to be recreated")
+    assert hermesd.run("logs", "writer").returncode == 0
