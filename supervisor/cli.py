@@ -129,6 +129,16 @@ def _validate_settings(home: Home) -> None:
         raise fail(error.describe(), EXIT_USAGE) from None
 
 
+def _warn_without_owner(home: Home, names: list[str]) -> None:
+    """Warn when no profile that will run is a candidate, since then nothing dispatches the boards."""
+    from kanban.profiles import load_profiles
+
+    selected = [profile for profile in load_profiles(home) if not names or profile.name in names]
+    if selected and not any(profile.dispatch_in_gateway for profile in selected):
+        typer.echo("hermesd: warning: no profile started here has dispatch_in_gateway true, so no gateway "
+                   "will dispatch the boards or send notifications", err=True)
+
+
 def _report_config_errors(home: Home, names: list[str]) -> int:
     from kanban.profiles import load_profiles
 
@@ -158,8 +168,12 @@ def up(
     home = context.obj.home
     _prepare_home(home)
     names = _split_names(only)
+    if only is not None and not names:
+        raise fail("--only was given no profile name; name at least one, or leave --only out to start all",
+                   EXIT_USAGE)
     _validate_names(home, names, "--only")
     _validate_settings(home)
+    _warn_without_owner(home, names)
     config_errors = _report_config_errors(home, names)
     paths = StatePaths(home)
 
@@ -229,6 +243,11 @@ def _start_in_running_supervisor(home: Home, paths: StatePaths, names: list[str]
 
 
 def _start_detached(home: Home, paths: StatePaths, names: list[str]) -> None:
+    """Start the supervisor in the background and wait until its control socket responds.
+
+    When another `hermesd up` started a supervisor at the same moment, ours exits (one
+    supervisor per home) and the profiles asked for here are started in the other one.
+    """
     paths.create()
     command = [sys.executable, "-m", "supervisor", "--home", str(home.root), "supervise"]
     for name in names:
@@ -239,20 +258,35 @@ def _start_detached(home: Home, paths: StatePaths, names: list[str]) -> None:
                                    start_new_session=True, close_fds=True)
     finally:
         os.close(log_fd)
-    typer.echo(f"supervisor started in the background (pid {process.pid}); log: {paths.supervisor_log}")
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        try:
+            snapshot = request(paths.control_socket, "status", timeout=2)["status"]
+        except ControlError:
+            snapshot = None
+        if snapshot is not None and snapshot["supervisor"]["pid"] == process.pid:
+            typer.echo(f"supervisor started in the background (pid {process.pid}); log: {paths.supervisor_log}")
+            return
+        if snapshot is not None:
+            _start_in_other_supervisor(paths, names, snapshot["supervisor"]["pid"])
+            return
+        if process.poll() is not None and supervisor_pid(paths) is None:
             raise fail(f"the supervisor exited with status {process.returncode}; see {paths.supervisor_log}",
                        EXIT_FAILED)
-        try:
-            request(paths.control_socket, "status", timeout=2)
-            return
-        except ControlError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise fail(f"the supervisor did not open its control socket within 10 s; see {paths.supervisor_log}",
                EXIT_FAILED)
+
+
+def _start_in_other_supervisor(paths: StatePaths, names: list[str], pid: int) -> None:
+    try:
+        response = request(paths.control_socket, "start", timeout=CONTROL_TIMEOUT_SECONDS, names=names)
+    except ControlError as error:
+        raise fail(f"another supervisor (pid {pid}) started first and did not take the request: {error}",
+                   EXIT_FAILED) from None
+    started = ", ".join(response.get("started") or []) or "nothing new"
+    typer.echo(f"another supervisor (pid {pid}) started first; started there: {started}")
 
 
 def _is_settled(entry: dict[str, Any]) -> bool:
@@ -374,6 +408,7 @@ def start(context: typer.Context, names: Annotated[list[str], typer.Argument(hel
 def stop(context: typer.Context, names: Annotated[list[str], typer.Argument(help="Profiles to stop.")]) -> None:
     """Stop gateways; they stay stopped until `hermesd start` or `hermesd restart`."""
     selected = _split_names(names)
+    _validate_names(context.obj.home, selected, "the profile list")
     response = _control(context.obj.home, "stop", selected)
     typer.echo(f"stopped: {', '.join(response.get('stopped') or [])}")
 
@@ -382,6 +417,7 @@ def stop(context: typer.Context, names: Annotated[list[str], typer.Argument(help
 def restart(context: typer.Context, names: Annotated[list[str], typer.Argument(help="Profiles to restart.")]) -> None:
     """Restart gateways, including fatal ones (this clears their failure count)."""
     selected = _split_names(names)
+    _validate_names(context.obj.home, selected, "the profile list")
     response = _control(context.obj.home, "restart", selected)
     typer.echo(f"restarting: {', '.join(response.get('restarted') or [])}")
 
@@ -410,12 +446,15 @@ def logs(
 ) -> None:
     """Print a gateway's log (or the supervisor's)."""
     home = context.obj.home
+    if not home.exists():
+        raise fail(f"Hermes home not found or not a directory: {home.root}", EXIT_HOME)
     paths = StatePaths(home)
     if name != "supervisor":
-        _validate_names(home, [name], "the profile name")
+        _validate_names(home, [name], "`hermesd logs`")
     path = paths.supervisor_log if name == "supervisor" else paths.gateway_log(name)
     if not path.exists() and not follow:
-        raise fail(f"no log yet for {name}: {path} does not exist", EXIT_FAILED)
+        raise fail(f"no log for {name}: {path} does not exist (not started yet, or deleted: "
+                   "`hermesd reload` recreates it)", EXIT_FAILED)
     output.print_log(path, lines, follow)
 
 

@@ -68,6 +68,9 @@ def request(path: Path, command: str, timeout: float = 10.0, **arguments: Any) -
         send_message(client, {"command": command, **arguments})
         response = read_message(client)
     except (OSError, ControlError) as error:
+        if isinstance(error, TimeoutError):
+            raise ControlError(f"the supervisor at {path} did not respond within {timeout:g} s; it may still "
+                               "carry out the request, so check `hermesd status`") from error
         raise ControlError(f"cannot reach the supervisor at {path}: {error}") from error
     finally:
         client.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -240,3 +242,35 @@ def test_invalid_profile_directory_is_reported(hermesd: Hermesd, home: Path) -> 
 
     assert "Bad Name" not in [entry["name"] for entry in status["profiles"]]
     assert any("Bad Name is not a valid profile name" in warning for warning in status["warnings"])
+
+
+def test_concurrent_up_starts_both_selections(hermesd: Hermesd, home: Path) -> None:
+    racers = [subprocess.Popen([sys.executable, "-m", "supervisor", "up", "--detach", "--only", name],
+                               env=hermesd.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for name in ("writer", "coder")]
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+
+    for racer, (stdout, stderr) in zip(racers, outputs):
+        assert racer.returncode == 0, stdout + stderr
+    profiles = profiles_by_name(hermesd.status())
+    assert profiles["writer"]["state"] == "running"
+    assert profiles["coder"]["state"] == "running"
+    supervisors = [process for process in processes_of_home(home) if "supervise" in process.cmdline()]
+    assert len(supervisors) == 1
+
+
+def test_cli_usage_errors_exit_two(hermesd: Hermesd, home: Path) -> None:
+    hermesd.up_detached("--only", "writer")
+
+    for arguments in (["stop", "nosuch"], ["restart", "nosuch"], ["start", "nosuch"], ["status", "nosuch"],
+                      ["logs", "nosuch"], ["up", "--only", ""]):
+        result = hermesd.run(*arguments)
+        assert result.returncode == 2, (arguments, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "unknown profile 'nosuch' in `hermesd logs`" in hermesd.run("logs", "nosuch").stderr
+
+
+def test_up_without_owner_warns(hermesd: Hermesd) -> None:
+    result = hermesd.up_detached("--only", "writer")
+
+    assert "no profile started here has dispatch_in_gateway true" in result.stderr
