@@ -101,6 +101,12 @@ class Board:
             raise BoardError(f"{self.path}: not a Hermes kanban board (missing tables: {', '.join(sorted(missing))}); "
                              "it is left untouched")
         self.connection.execute("SELECT count(*) FROM tasks").fetchone()
+        # quick_check reads every page once (it skips the index-content checks of integrity_check),
+        # which is cheap for kanban boards and catches damage that a single query would miss.
+        result = self.connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if result != "ok":
+            raise BoardError(f"{self.path}: database disk image is damaged ({result}); it is left untouched, "
+                             "restore it from a backup or move it away")
 
     def close(self) -> None:
         self.connection.close()

@@ -1,7 +1,7 @@
 """`hermesd doctor`: check a home for what keeps the election and the boards from working.
 
-Every finding is a problem (with a fix; exit status 1), or a note. Exit status 0 means
-no problem was found.
+Every finding is a problem (with a fix), a warning, or a note ("ok:"). Exit status 0
+means no problem and no warning was found; otherwise it is 1.
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
+
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -74,9 +78,9 @@ def check_profiles(home: Home, report: Report) -> list[str]:
     elif len(candidates) == 1:
         report.note(f"one kanban owner configured: {candidates[0]}")
     else:
-        report.note(f"{len(candidates)} candidates for the kanban lock: {', '.join(candidates)}; one leads, the "
-                    "others stand by and take over when it dies. To make one owner explicit, set "
-                    "kanban.dispatch_in_gateway: false in the config.yaml of all but that profile")
+        report.note(f"{len(candidates)} candidates for the kanban lock: {', '.join(candidates)}; whichever holds "
+                    "the lock leads and the others stand by to take over when it dies. To make one owner "
+                    "explicit, set kanban.dispatch_in_gateway: false in the config.yaml of all but that profile")
     return candidates
 
 
@@ -171,8 +175,8 @@ def check_permissions(home: Home, report: Report) -> None:
             report.problem(f"{path} is accessible to other accounts. Fix: chmod 600 {path}")
     for profile in load_profiles(home):
         if profile.env_path.exists() and stat.S_IMODE(profile.env_path.stat().st_mode) & 0o077:
-            report.note(f"{profile.env_path} holds secrets and is readable by other accounts; "
-                        f"consider chmod 600 {profile.env_path}")
+            report.problem(f"{profile.env_path} may hold secrets and is readable by other accounts. "
+                           f"Fix: chmod 600 {profile.env_path}")
 
 
 def run_checks(home: Home) -> Report:
@@ -187,8 +191,11 @@ def run_checks(home: Home) -> Report:
     check_filesystem(home, report)
     check_permissions(home, report)
     for warning in status["warnings"]:
-        if "standing by" not in warning:
-            report.note(warning)
+        if "standing by" not in warning and "symlink" not in warning:
+            report.warning(warning)
+    for entry in status["profiles"]:
+        for slug, reason in (entry.get("skipped_boards") or {}).items():
+            report.problem(f"board {slug} is skipped by the leader {entry['name']}: {reason}")
     standbys = [entry["name"] for entry in status["profiles"] if entry.get("role") == "standby"]
     if standbys:
         report.note(f"standing by: {', '.join(standbys)}")
@@ -208,9 +215,11 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             for note in report.notes:
                 typer.echo(f"ok: {note}")
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}")
         for problem in report.problems:
             typer.echo(f"problem: {problem}")
-        if report.problems:
-            typer.echo(f"{len(report.problems)} problem(s) found")
+        if report.problems or report.warnings:
+            typer.echo(f"{len(report.problems)} problem(s) and {len(report.warnings)} warning(s) found")
             raise typer.Exit(1)
         typer.echo("no problems found")

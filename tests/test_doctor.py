@@ -71,3 +71,33 @@ def test_corrupt_board_is_skipped_and_kept(hermesd: Hermesd, home: Path) -> None
     assert "is not an SQLite database" in doctor.stdout
     hermesd.run("down")
     assert board.read_bytes() == garbage
+
+
+def test_doctor_reports_board_corrupted_in_place(hermesd: Hermesd, home: Path) -> None:
+    board = home / "kanban" / "boards" / "newsletter" / "kanban.db"
+    data = bytearray(board.read_bytes())
+    data[4096:8192] = os.urandom(4096)  # keep the SQLite header, damage the pages
+    board.write_bytes(bytes(data))
+    hermesd.up_detached()
+    wait_for(lambda: hermesd.profile("default")["skipped_boards"] or hermesd.profile("default")["boards"],
+             message="the leader to open its boards")
+
+    result = hermesd.run("doctor")
+
+    assert result.returncode == 1
+    assert "board newsletter is skipped by the leader default" in result.stdout
+    assert "database disk image" in result.stdout
+
+
+def test_doctor_warnings_are_not_ok(hermesd: Hermesd, home: Path) -> None:
+    (home / "profiles" / "My Bot").mkdir()
+    (home / "profiles" / "writer" / "config.yaml").write_text(
+        "kanban:\n  dispatch_in_gateway: false\n  max_in_progress: 9\n")
+
+    result = hermesd.run("doctor")
+
+    assert result.returncode == 1
+    assert "warning: " in result.stdout
+    assert "My Bot is not a valid profile name" in result.stdout
+    assert "ok: " + str(home / "profiles" / "My Bot") not in result.stdout
+    assert "kanban.max_in_progress is ignored" in result.stdout
