@@ -42,7 +42,7 @@ def read_message(connection: socket.socket) -> dict[str, Any]:
             break
         buffer += chunk
         if len(buffer) > MAX_MESSAGE_BYTES:
-            raise ControlError("control message too large")
+            raise ControlError(f"control message larger than {MAX_MESSAGE_BYTES} bytes")
     if not buffer.strip():
         raise ControlError("empty control message")
     try:
@@ -81,7 +81,7 @@ def request(path: Path, command: str, timeout: float = 10.0, **arguments: Any) -
 
 
 def serve_one_request(server: socket.socket, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Accept one connection on a listening socket, check the peer's uid, and answer its request with `handler`."""
+    """Accept one connection on a listening socket, check the peer's uid, and send the response `handler` returns."""
     try:
         connection, _address = server.accept()
     except BlockingIOError:
