@@ -2,7 +2,8 @@
 
 It records every request (method, path, headers, raw body, decoded JSON, arrival time)
 and responds from a script: queue `(status, headers, body)` tuples with `respond`, and
-requests beyond the script get the platform's usual success answer.
+requests beyond the script get the platform's usual success answer. A scripted body may be
+a function of the request, so a test can echo the request back as some servers do.
 """
 
 from __future__ import annotations
@@ -57,10 +58,15 @@ class FakePlatformServer:
                     server.requests.append(Request("POST", self.path, dict(self.headers), body, time.monotonic()))
                     status, headers, answer = server.script.popleft() if server.script else (
                         200, {}, _success_body(self.path))
+                    request = server.requests[-1]
                     server.arrived.notify_all()
-                data = json.dumps(answer).encode()
+                if callable(answer):
+                    answer = answer(request)
+                # A bytes body goes out as is, as plain text, and anything else as JSON.
+                is_text = isinstance(answer, bytes)
+                data = answer if is_text else json.dumps(answer).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if is_text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -80,7 +86,11 @@ class FakePlatformServer:
         return f"http://{host}:{port}"
 
     def respond(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
-        """Queue the response to the next request that arrives."""
+        """Queue the response to the next request that arrives.
+
+        `body` is JSON data, bytes sent as plain text, or a function that takes the `Request`
+        and returns either.
+        """
         with self.lock:
             self.script.append((status, headers or {}, body if body is not None else {}))
 
