@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.adapters.http import RetryPolicy
+from gateway.adapters.http import RetryPolicy, url_secrets
 
 # Maximum text length of one chat message, under Discord's limit of 2000 characters.
 MAX_TEXT_CHARS = 1900
@@ -61,6 +61,11 @@ class BotAdapter:
         self.settings = settings
         self.token = token
         self.base_url = base_url.rstrip("/")
+
+    @property
+    def secrets(self) -> list[str]:
+        """The bot token and the parts of the base URL that can carry a credential, for `redact`."""
+        return [self.token, *url_secrets(self.base_url)]
 
     @classmethod
     def build(cls, settings: Settings) -> BotAdapter | None:

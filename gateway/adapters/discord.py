@@ -28,7 +28,7 @@ class DiscordAdapter(BotAdapter):
         channel = urllib.parse.quote(str(message.get("thread_id") or message["chat_id"]), safe="")
         url = f"{self.base_url}/api/{API_VERSION}/channels/{channel}/messages"
         answer = post_json(url, {"content": message_text(message)}, headers={"Authorization": f"Bot {self.token}"},
-                           secrets=[self.token], policy=self.settings.retry, label="discord: ")
+                           secrets=self.secrets, policy=self.settings.retry, label="discord: ")
         return {"platform_message_id": answer.get("id") if isinstance(answer, dict) else None}
 
 

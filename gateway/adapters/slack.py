@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.adapters.base import BotAdapter, message_text
-from gateway.adapters.http import PERMANENT, TEMPORARY, SendError, post_json
+from gateway.adapters.http import PERMANENT, TEMPORARY, SendError, post_json, safe_detail
 
 TOKEN_VARIABLE = "SLACK_BOT_TOKEN"
 BASE_URL_VARIABLE = "SLACK_API_BASE_URL"
@@ -27,12 +27,12 @@ class SlackAdapter(BotAdapter):
         if message.get("thread_id"):
             payload["thread_ts"] = message["thread_id"]
         answer = post_json(f"{self.base_url}/api/chat.postMessage", payload,
-                           headers={"Authorization": f"Bearer {self.token}"}, secrets=[self.token],
+                           headers={"Authorization": f"Bearer {self.token}"}, secrets=self.secrets,
                            policy=self.settings.retry, label="slack: ")
         if isinstance(answer, dict) and answer.get("ok") is False:
             code = str(answer.get("error", "unknown_error"))
             kind = TEMPORARY if code == "ratelimited" else PERMANENT
-            raise SendError(kind, f"slack: chat.postMessage failed: {code}")
+            raise SendError(kind, f"slack: chat.postMessage failed: {safe_detail(code, self.secrets)}")
         return {"platform_message_id": answer.get("ts") if isinstance(answer, dict) else None}
 
 

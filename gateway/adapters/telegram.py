@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.adapters.base import BotAdapter, message_text
-from gateway.adapters.http import PERMANENT, SendError, post_json
+from gateway.adapters.http import PERMANENT, SendError, post_json, safe_detail
 
 TOKEN_VARIABLE = "TELEGRAM_BOT_TOKEN"
 BASE_URL_VARIABLE = "TELEGRAM_API_BASE_URL"
@@ -25,10 +25,11 @@ class TelegramAdapter(BotAdapter):
         payload: dict[str, Any] = {"chat_id": message["chat_id"], "text": message_text(message)}
         if message.get("thread_id"):
             payload["message_thread_id"] = message["thread_id"]
-        answer = post_json(f"{self.base_url}/bot{self.token}/sendMessage", payload, secrets=[self.token],
+        answer = post_json(f"{self.base_url}/bot{self.token}/sendMessage", payload, secrets=self.secrets,
                            policy=self.settings.retry, label="telegram: ")
         if isinstance(answer, dict) and answer.get("ok") is False:
-            raise SendError(PERMANENT, f"telegram: sendMessage failed: {answer.get('description', 'no description')}")
+            description = safe_detail(answer.get("description", "no description"), self.secrets)
+            raise SendError(PERMANENT, f"telegram: sendMessage failed: {description}")
         result = answer.get("result") if isinstance(answer, dict) else None
         return {"platform_message_id": (result or {}).get("message_id")}
 

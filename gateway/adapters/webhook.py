@@ -3,7 +3,8 @@
 With `HERMESD_WEBHOOK_SECRET` set, each request carries
 `X-Hermesd-Signature: sha256=<hex HMAC-SHA256 of the raw body keyed with the secret>`.
 `X-Hermesd-Delivery` carries the message id, which stays the same when a message is
-resent, so a receiver can drop repeats.
+resent, so a receiver can drop repeats. Userinfo in the URL is sent as `Authorization: Basic`.
+Errors and logs name the receiver as `scheme://host:port` only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from typing import Any
 
 from gateway.adapters.base import Settings
-from gateway.adapters.http import post_json
+from gateway.adapters.http import post_json, url_secrets
 
 URL_VARIABLE = "HERMESD_WEBHOOK_URL"
 SECRET_VARIABLE = "HERMESD_WEBHOOK_SECRET"
@@ -39,9 +40,11 @@ class WebhookAdapter:
         headers = {DELIVERY_HEADER: str(message.get("id", ""))}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
-        # The URL may embed a token (many webhook receivers put one in the path or query).
-        post_json(self.url, message, headers=headers, body_bytes=body, secrets=[self.url, self.secret],
-                  policy=self.settings.retry, label="webhook: ")
+        # Receivers put tokens in the path (Slack's and Discord's incoming webhooks), the query
+        # or the userinfo, so all of them are redacted.
+        post_json(self.url, message, headers=headers, body_bytes=body,
+                  secrets=[self.secret, *url_secrets(self.url, path=True)], policy=self.settings.retry,
+                  label="webhook: ")
         return {}
 
 
