@@ -202,3 +202,40 @@ def test_rate_limit_rejection_and_webhook(quiet_home, hermesd):
         assert hook.json["task_id"] == RESEARCHER_TASK
         assert hook.json["kind"] == "completed"
         assert WEBHOOK_SECRET not in all_logs(home)
+
+
+def test_webhook_url_secrets_stay_out(quiet_home, hermesd):
+    """A receiver echoes its URL in a 400 body, and no secret part of it reaches a log, the status or a task event."""
+    home = quiet_home
+    database = home / "kanban.db"
+    query_token = "QUERYLEAK-e2e"
+    path_token = "PATHLEAK-0123456789abcdef"
+    password = "PASSWORDLEAK-e2e"
+    with FakePlatformServer() as server:
+        host, port = server.httpd.server_address[:2]
+        write_env(home, "writer", HERMESD_WEBHOOK_URL=f"http://ops:{password}@{host}:{port}/hook/{path_token}"
+                                                      f"?token={query_token}")
+        for _ in range(MAX_PERMANENT_FAILURES):
+            server.respond(400, lambda request: {"description": f"Bad Request: bad path {request.path}",
+                                                 "auth": request.headers.get("Authorization")})
+        start(hermesd, server)
+
+        subscribe(database, RESEARCHER_TASK, "webhook", "ops", "writer")
+        end_task(database, RESEARCHER_TASK)
+        wait_for(lambda: (RESEARCHER_TASK, "webhook") not in subscriptions(database), timeout=30,
+                 message="the webhook subscription to be dropped")
+
+        [dropped] = events(database, RESEARCHER_TASK, DROPPED_EVENT_KIND)
+        payload = json.dumps(dropped["payload"])
+        logs = all_logs(home)
+        status = hermesd.run("status", "--json").stdout
+        shown = hermesd.run("kanban", "show", RESEARCHER_TASK).stdout
+        assert f"HTTP 400 from http://{host}:{port}" in dropped["payload"]["error"]
+        assert DROPPED_EVENT_KIND in shown
+        assert "HTTP 400" in log_text(home, "writer")
+        assert RESEARCHER_TASK in log_text(home, "default")
+        for secret in (query_token, path_token, password, "/hook"):
+            assert secret not in payload
+            assert secret not in logs
+            assert secret not in status
+            assert secret not in shown
