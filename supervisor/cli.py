@@ -22,7 +22,6 @@ import typer
 from kanban.bootstrap import create_minimal_home
 from kanban.home import Home, HomeError, is_valid_name
 from supervisor import output
-from supervisor.arbiter import AlreadyRunning, Supervisor
 from supervisor.control import ControlError, request
 from supervisor.paths import StatePaths
 from supervisor.processes import is_same_process, start_time
@@ -186,6 +185,8 @@ def up(
         code = _wait_until_settled(home, paths, names, timeout)
         raise typer.Exit(EXIT_FAILED if config_errors or code else EXIT_OK)
 
+    from supervisor.arbiter import AlreadyRunning, Supervisor  # only the commands that supervise load it
+
     supervisor = Supervisor(home, names or None)
     try:
         supervisor.acquire_home()
@@ -201,6 +202,8 @@ def supervise(
 ) -> None:
     """Run the supervisor in the foreground (used by `up --detach`)."""
     home = context.obj.home
+    from supervisor.arbiter import AlreadyRunning, Supervisor
+
     supervisor = Supervisor(home, _split_names(only) or None)
     try:
         supervisor.acquire_home()
