@@ -2,9 +2,11 @@
 
 Exit 0 completes the task with the tail of the worker's output as its result.
 Exit 75 (EX_TEMPFAIL, Hermes' "rate limited" exit) puts it back to `ready` without
-counting a failure. Any other exit, a death by signal, a worker that died without an
-exit status, a command that could not start and a run past `max_runtime_seconds`
-each count one failure. At the failure limit (the task's `max_retries` wins over the
+counting a failure. So does a run whose wrapper recorded an interruption by SIGTERM
+or SIGINT from outside (as at `hermesd down`), unless the dispatcher sent that signal
+itself. Any other exit, a death by signal, a worker that died without an exit
+status, a command that could not start and a run past `max_runtime_seconds` each
+count one failure. At the failure limit (the task's `max_retries` wins over the
 board's `failure_limit`) the task blocks with a `gave_up` event.
 """
 
@@ -32,6 +34,14 @@ class WorkerEnd:
     killed: bool = False
 
     @property
+    def interrupted_by(self) -> int | None:
+        """The signal that interrupted the run from outside, when the dispatcher did not send it itself."""
+        if self.terminated or self.status is None:
+            return None
+        signal_number = self.status.get("interrupted_by_signal")
+        return signal_number if isinstance(signal_number, int) else None
+
+    @property
     def timed_out(self) -> bool:
         if self.limit_seconds is None:
             return False
@@ -49,7 +59,7 @@ class Failure:
 
 
 def classify_failure(end: WorkerEnd, spawn_hint: str) -> Failure | None:
-    """Return the failure that `end` is, or None when it is a success or a requeue (exit 0 or 75)."""
+    """Return the failure that `end` is, or None when it is a success or a requeue (exit 0 or 75, interrupted)."""
     status = end.status
     base = {"pid": end.pid, "claimer": end.claimer}
     if status is not None and status.get("spawn_error"):
@@ -60,6 +70,8 @@ def classify_failure(end: WorkerEnd, spawn_hint: str) -> Failure | None:
                    "sigkill": end.killed or bool(status and status.get("signal") == 9)}
         error = f"elapsed {int(end.elapsed_seconds)}s > limit {end.limit_seconds}s"
         return Failure("timed_out", "timed_out", payload, error)
+    if end.interrupted_by is not None:
+        return None
     if status is None:
         return Failure("crashed", "crashed", base, f"pid {end.pid} not alive (the worker left no exit status)")
     if status.get("signal"):
@@ -82,6 +94,13 @@ def record_end(conn: sqlite3.Connection, task_id: str, run_id: int, end: WorkerE
         return failure.outcome
 
     assert end.status is not None
+    if end.interrupted_by is not None:
+        payload = {"pid": end.pid, "claimer": end.claimer, "reason": "interrupted", "signal": end.interrupted_by}
+        tasks.release_claim(conn, task_id, run_id, outcome="reclaimed", event_kind="reclaimed", payload=payload,
+                            error=f"pid {end.pid} was interrupted by signal {end.interrupted_by} from outside "
+                                  "(for example by hermesd down); requeued without counting a failure")
+        return "interrupted"
+
     if end.status.get("exit_code") == RATE_LIMIT_EXIT_CODE:
         payload = {"pid": end.pid, "claimer": end.claimer, "exit_code": RATE_LIMIT_EXIT_CODE}
         tasks.release_claim(conn, task_id, run_id, outcome="reclaimed", event_kind="rate_limited", payload=payload,

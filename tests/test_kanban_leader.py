@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.helpers import Hermesd, wait_for
@@ -60,6 +61,14 @@ def runs_of(database: Path, task_id: str) -> list[tuple[Any, ...]]:
 def starts_of(home: Path, task_id: str) -> list[dict[str, Any]]:
     path = home.parent / "out" / f"{task_id}.starts"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` has exited (a zombie waiting to be reaped counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture
@@ -150,6 +159,31 @@ def test_new_leader_adopts_running_worker(home: Path, hermesd: Hermesd, out_dir:
     assert kinds.count("spawned") == 1
     epochs = query(database, "SELECT epoch FROM hermesd_owner")
     assert epochs[0][0] >= 2, "a second leader should have taken over"
+
+
+@pytest.mark.slow
+def test_shutdowns_do_not_count_failures(home: Path, hermesd: Hermesd, out_dir: Path) -> None:
+    for profile in ("researcher", "admin", "writer"):
+        configure_worker(home, profile, "ok")
+    configure_worker(home, "coder", "sleep")
+    database = home / "kanban.db"
+    task_id = hermesd.run("kanban", "create", "long task", "--assignee", "coder").stdout.strip()
+    hermesd.up_detached()
+
+    for shutdown in range(2):
+        wait_for(lambda: len(starts_of(home, task_id)) == shutdown + 1, timeout=30,
+                 message=f"start {shutdown + 1} of the long worker")
+        assert hermesd.run("down").returncode == 0
+        assert process_gone(starts_of(home, task_id)[-1]["pid"]), "hermesd down left the worker running"
+        hermesd.up_detached()
+
+    wait_for(lambda: len(starts_of(home, task_id)) == 3, timeout=30, message="the third start of the long worker")
+    kinds = event_kinds(database, task_id)
+    assert "crashed" not in kinds
+    assert "gave_up" not in kinds
+    assert kinds.count("reclaimed") == 2
+    assert status_of(database, task_id) == "running"
+    assert query(database, "SELECT consecutive_failures FROM tasks WHERE id = ?", (task_id,))[0][0] == 0
 
 
 # The CLI
