@@ -3,10 +3,15 @@
 On each pass, for each board, it first supervises the running tasks. It adopts live
 workers that an earlier leader started, applies the exit rules to workers that ended,
 reclaims claims whose worker never started or whose claim expired, and stops workers
-past `max_runtime_seconds` with SIGTERM and then SIGKILL. Then it promotes `todo`
-tasks whose parents are done, and claims `ready` tasks by priority then age, within
-`max_in_progress` (all boards together) and `max_in_progress_per_profile`, starting a
-worker for each. It never touches `triage`, `blocked`, `scheduled`, `review`, `done`
+past `max_runtime_seconds` with SIGTERM and then SIGKILL. It also stops workers
+that still run after their run was closed by someone else (a user's `block` or
+`complete`, `archive`, Hermes' own CLI, or the worker itself): each gets
+`release_grace_seconds` to exit on its own, then SIGTERM, then SIGKILL. Then it
+promotes `todo` tasks whose parents are done, and claims `ready` tasks by priority
+then age, within `max_in_progress` (all boards together) and
+`max_in_progress_per_profile`, starting a worker for each. It never claims a task
+while a worker of an earlier run of that task is alive, so a task never has two
+workers at once. It never touches `triage`, `blocked`, `scheduled`, `review`, `done`
 or `archived` tasks.
 
 The leader calls `run_pass` at least once a second and at once when the watcher
@@ -39,8 +44,8 @@ from kanban.store import Board
 from kanban.watcher import ChangeWatcher
 from kanban.workers import (
     PID_SUFFIX, STATUS_SUFFIX, WorkerFiles, WorkerProcess, WorkerSpec, board_directory, is_alive, kill_orphans,
-    launch_worker, missing_program, process_start_time, runs_directory, signal_worker,
-    worker_environment,
+    launch_worker, live_wrapper_from_pid_file, missing_program, process_start_time, runs_directory,
+    signal_worker, worker_environment,
 )
 
 log = logging.getLogger(__name__)
@@ -51,9 +56,27 @@ KILL_GRACE_SECONDS = 10.0
 # Time after a claim within which a worker that has not yet recorded its pid is still starting.
 START_GRACE_SECONDS = 10.0
 
+# Time a worker gets to exit on its own after its run was closed (by itself, a user or Hermes' CLI)
+# before the leader sends it SIGTERM. A worker that completes or blocks its own task usually exits
+# within this time, so its last output is kept.
+RELEASE_GRACE_SECONDS = 10.0
+
 DATABASE_FILES = ("kanban.db", "kanban.db-wal")
 
 Launcher = Callable[[WorkerSpec], WorkerProcess]
+
+
+@dataclass
+class ReleasedWorker:
+    """A worker that still runs after its run was closed, with the times (epoch seconds) the leader signalled it."""
+
+    task_id: str
+    run_id: int
+    pid: int
+    start_time: float | None
+    closed_at: float
+    terminated_at: float | None = None
+    killed_at: float | None = None
 
 
 @dataclass
@@ -64,6 +87,7 @@ class BoardState:
     last_full_pass: float = 0.0
     has_running: bool = True
     unassigned_logged: set[str] = field(default_factory=set)
+    released: dict[int, ReleasedWorker] = field(default_factory=dict)
 
 
 class LimitReached(Exception):
@@ -76,12 +100,14 @@ class Dispatcher:
     name = "dispatcher"
 
     def __init__(self, home: Home, wake: threading.Event | None = None, *, launcher: Launcher = launch_worker,
-                 kill_grace_seconds: float = KILL_GRACE_SECONDS, start_grace_seconds: float = START_GRACE_SECONDS):
+                 kill_grace_seconds: float = KILL_GRACE_SECONDS, start_grace_seconds: float = START_GRACE_SECONDS,
+                 release_grace_seconds: float = RELEASE_GRACE_SECONDS):
         self.home = home
         self.settings = SettingsCache(home)
         self.launcher = launcher
         self.kill_grace_seconds = kill_grace_seconds
         self.start_grace_seconds = start_grace_seconds
+        self.release_grace_seconds = release_grace_seconds
         self.claim_lock = f"{socket.gethostname()}:{os.getpid()}"
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.known_runs: set[int] = set()
@@ -103,6 +129,7 @@ class Dispatcher:
             if not self.needs_pass(board, state, settings):
                 continue
             running = self.supervise_running(board, settings)
+            self.supervise_released(board, state)
             self.promote(board)
             if claims_open:
                 try:
@@ -110,7 +137,7 @@ class Dispatcher:
                 except LimitReached:
                     claims_open = False
                     running += 1
-            state.has_running = running > 0
+            state.has_running = running > 0 or bool(state.released)
 
     def needs_pass(self, board: Board, state: BoardState, settings: DispatchSettings) -> bool:
         version = board.data_version()
@@ -118,8 +145,6 @@ class Dispatcher:
         due = current - state.last_full_pass >= settings.dispatch_interval_seconds
         if version == state.data_version and not due and not state.has_running:
             return False
-        if due:
-            self.sweep_run_files(board)
         state.data_version = version
         state.last_full_pass = current
         return True
@@ -155,9 +180,8 @@ class Dispatcher:
             if task is None or task["status"] != "running":
                 continue
             run = tasks.get_run(board.connection, task["current_run_id"]) if task["current_run_id"] else None
-            identity = (run or {}).get("metadata") or {}
-            identity = identity.get("hermesd") if isinstance(identity, dict) else None
-            if run is None or not isinstance(identity, dict):
+            identity = hermesd_identity(run["metadata"]) if run is not None else None
+            if run is None or identity is None:
                 still_running += self.check_foreign_claim(board, task, run)
             else:
                 still_running += self.supervise_worker(board, task, run, identity, settings)
@@ -259,7 +283,7 @@ class Dispatcher:
                files: WorkerFiles, settings: DispatchSettings) -> None:
         """Apply the exit rules to a worker that is gone."""
         status = read_json_object(files.status)
-        if status is None:
+        if status is None or status.get("ended_at") is None:
             killed = kill_orphans(pid, run["id"])
             if killed:
                 log.warning("killed %d leftover process(es) of the dead worker of task %s", killed, task["id"])
@@ -304,15 +328,19 @@ class Dispatcher:
                     log.warning("task %s on board %s is ready but has no assignee and kanban.default_assignee is "
                                 "not set; it waits until someone assigns it", task_id, board.slug)
                 continue
-            claim = self.claim(board, boards, task_id, profile, settings)
+            claim = self.claim(board, boards, task_id, profile, settings, state)
             if claim is not None:
                 self.start_worker(board, task_id, profile, *claim, settings)
                 started += 1
         return started
 
     def claim(self, board: Board, boards: dict[str, Board], task_id: str, profile: str,
-              settings: DispatchSettings) -> tuple[int, dict[str, Any]] | None:
-        """Claim one ready task within the limits; return its run id and hermesd's run metadata, or None."""
+              settings: DispatchSettings, state: BoardState) -> tuple[int, dict[str, Any]] | None:
+        """Claim one ready task within the limits; return its run id and hermesd's run metadata, or None.
+
+        A task with a live worker from an earlier run is not claimed. That worker is
+        handed to `supervise_released`, and the task waits until it has exited.
+        """
         others = [other for other in boards.values() if other is not board]
         with board.write() as conn:
             row = conn.execute("SELECT status, claim_lock, assignee, workspace_path FROM tasks WHERE id = ?",
@@ -320,6 +348,8 @@ class Dispatcher:
             if row is None or row[0] != "ready" or row[1] is not None:
                 return None
             if not self.has_capacity(conn, others, profile, settings):
+                return None
+            if self.earlier_worker_alive(conn, board, task_id, state):
                 return None
             if row[2] is None:
                 tasks.assign_task(conn, task_id, profile)
@@ -401,23 +431,116 @@ class Dispatcher:
         log.error("cannot start the worker of task %s on board %s%s: %s", task_id, board.slug,
                   " (gave up)" if gave_up else "", message)
 
-    # Files
+    # Workers of closed runs
 
-    def sweep_run_files(self, board: Board) -> None:
-        """Remove pid and exit status files of runs that are closed (their task was completed by its worker)."""
+    def supervise_released(self, board: Board, state: BoardState) -> None:
+        """Stop workers that outlive their closed runs, and remove the files of runs whose wrapper has exited."""
+        self.scan_run_files(board, state)
+        for run_id, worker in list(state.released.items()):
+            if is_alive(worker.pid, worker.start_time):
+                self.stop_released(board, worker)
+                continue
+            del state.released[run_id]
+            self.clean_up_exited(WorkerFiles.for_run(self.home, board.slug, worker.task_id, run_id), worker.pid,
+                                 run_id)
+            log.info("worker pid %d of the closed run %d of task %s on board %s has exited", worker.pid, run_id,
+                     worker.task_id, board.slug)
+
+    def scan_run_files(self, board: Board, state: BoardState) -> None:
+        """Check the pid and exit status files of closed runs (runs that their task no longer runs).
+
+        A wrapper that still runs is added to `state.released`, and the files of an
+        exited wrapper are removed. Files of open runs are left to `supervise_running`.
+        """
         directory = runs_directory(self.home, board.slug)
         try:
             names = [entry.name for entry in os.scandir(directory)]
         except OSError:
             return
+        runs: dict[int, str] = {}
         for name in names:
             stem = name.removesuffix(STATUS_SUFFIX).removesuffix(PID_SUFFIX)
-            run_text = stem.rpartition(".")[2]
-            if stem == name or not run_text.isdigit():
+            task_id, _, run_text = stem.rpartition(".")
+            if stem != name and task_id and run_text.isdigit():
+                runs[int(run_text)] = task_id
+
+        for run_id, task_id in runs.items():
+            if run_id in state.released:
                 continue
-            row = board.connection.execute("SELECT ended_at FROM task_runs WHERE id = ?", (int(run_text),)).fetchone()
-            if row is None or row[0] is not None:
-                try:
-                    (directory / name).unlink()
-                except OSError:
-                    pass
+            row = board.connection.execute(
+                "SELECT r.ended_at, r.metadata, t.status, t.current_run_id FROM task_runs r "
+                "LEFT JOIN tasks t ON t.id = r.task_id WHERE r.id = ?", (run_id,)).fetchone()
+            files = WorkerFiles.for_run(self.home, board.slug, task_id, run_id)
+            if row is not None and row[0] is None and row[2] == "running" and row[3] == run_id:
+                continue
+            identity = hermesd_identity(tasks.decode_json(row[1])) if row is not None else None
+            worker = self.live_worker(identity, files)
+            if worker is None:
+                pid = identity.get("pid") if identity is not None else None
+                self.clean_up_exited(files, pid if isinstance(pid, int) else None, run_id)
+            else:
+                closed_at = float(row[0]) if row is not None and row[0] is not None else time.time()
+                self.add_released(board, state, ReleasedWorker(task_id, run_id, *worker, closed_at=closed_at))
+
+    def live_worker(self, identity: dict[str, Any] | None,
+                    files: WorkerFiles) -> tuple[int, float | None] | None:
+        """Return the pid and start time of the run's wrapper while it is alive, else None."""
+        if identity is not None and isinstance(identity.get("pid"), int):
+            pid, start_time = identity["pid"], identity.get("start_time")
+            return (pid, start_time) if is_alive(pid, start_time) else None
+        return live_wrapper_from_pid_file(files.pid_file)
+
+    def clean_up_exited(self, files: WorkerFiles, pid: int | None, run_id: int) -> None:
+        """Remove an exited wrapper's files; kill what is left of its group when it died without a final status."""
+        status = read_json_object(files.status)
+        if pid is not None and (status is None or status.get("ended_at") is None):
+            killed = kill_orphans(pid, run_id)
+            if killed:
+                log.warning("killed %d leftover process(es) of the dead worker of the closed run %d", killed, run_id)
+        files.remove_run_files()
+
+    def add_released(self, board: Board, state: BoardState, worker: ReleasedWorker) -> None:
+        state.released[worker.run_id] = worker
+        remaining = max(0.0, worker.closed_at + self.release_grace_seconds - time.time())
+        log.info("worker pid %d of task %s on board %s still runs after its run %d was closed; it has %.0f s to "
+                 "exit before it is stopped", worker.pid, worker.task_id, board.slug, worker.run_id, remaining)
+
+    def stop_released(self, board: Board, worker: ReleasedWorker) -> None:
+        """Send SIGTERM once the release grace time has passed, and SIGKILL once the kill grace time has too."""
+        current = time.time()
+        if worker.terminated_at is None:
+            if current - worker.closed_at < self.release_grace_seconds:
+                return
+            log.warning("worker pid %d of task %s on board %s still runs %.0f s after its run %d was closed; "
+                        "sending SIGTERM", worker.pid, worker.task_id, board.slug, current - worker.closed_at,
+                        worker.run_id)
+            signal_worker(worker.pid, worker.start_time, signal.SIGTERM)
+            worker.terminated_at = current
+        elif worker.killed_at is None and current - worker.terminated_at >= self.kill_grace_seconds:
+            log.warning("worker pid %d of task %s ignored SIGTERM for %.1f s; sending SIGKILL", worker.pid,
+                        worker.task_id, self.kill_grace_seconds)
+            signal_worker(worker.pid, worker.start_time, signal.SIGKILL)
+            worker.killed_at = current
+
+    def earlier_worker_alive(self, conn: Any, board: Board, task_id: str, state: BoardState) -> bool:
+        """True when a worker of an earlier run of the task is still alive; it is then supervised as released."""
+        if any(worker.task_id == task_id for worker in state.released.values()):
+            return True
+        rows = conn.execute("SELECT id, ended_at, metadata FROM task_runs WHERE task_id = ? ORDER BY id",
+                            (task_id,)).fetchall()
+        for run_id, ended_at, metadata in rows:
+            identity = hermesd_identity(tasks.decode_json(metadata))
+            if identity is None:
+                continue
+            worker = self.live_worker(identity, WorkerFiles.for_run(self.home, board.slug, task_id, run_id))
+            if worker is not None:
+                closed_at = float(ended_at) if ended_at is not None else time.time()
+                self.add_released(board, state, ReleasedWorker(task_id, run_id, *worker, closed_at=closed_at))
+                return True
+        return False
+
+
+def hermesd_identity(metadata: Any) -> dict[str, Any] | None:
+    """Return hermesd's worker identity from a run's metadata, or None for a run that hermesd did not start."""
+    identity = metadata.get("hermesd") if isinstance(metadata, dict) else None
+    return identity if isinstance(identity, dict) else None

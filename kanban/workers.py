@@ -22,12 +22,17 @@ from typing import Any
 import psutil
 
 from kanban.home import DEFAULT_BOARD, Home
+from kanban.jsonfile import read_json_object
 from kanban.runner import DEFAULT_MAX_LOG_BYTES
 
 log = logging.getLogger(__name__)
 
 # Two start times of the same process read by two processes can differ by float rounding only.
 START_TIME_TOLERANCE = 0.05
+
+# Maximum difference between a process start time (psutil derives it from the boot time, which the
+# kernel reports in whole seconds) and a wall-clock time.time() reading of the same instant.
+WALL_CLOCK_TOLERANCE = 1.0
 
 STATUS_SUFFIX = ".exit"
 PID_SUFFIX = ".pid"
@@ -158,6 +163,22 @@ def is_alive(pid: int, start_time: float | None) -> bool:
     except psutil.Error:
         return False
     return start_time is None or abs(created - start_time) <= START_TIME_TOLERANCE
+
+
+def live_wrapper_from_pid_file(path: Path) -> tuple[int, float] | None:
+    """Return the pid and start time of the live wrapper that wrote the pid file `path`, or None.
+
+    A live process with that pid counts only when it started before the file was
+    written, so a pid that the kernel gave to a later process is not taken for the wrapper.
+    """
+    written = read_json_object(path)
+    if written is None or not isinstance(written.get("pid"), int) or not isinstance(written.get("time"), (int, float)):
+        return None
+    pid = written["pid"]
+    start_time = process_start_time(pid)
+    if start_time is None or start_time > written["time"] + WALL_CLOCK_TOLERANCE or not is_alive(pid, start_time):
+        return None
+    return pid, start_time
 
 
 def signal_worker(pid: int, start_time: float | None, signum: int) -> bool:

@@ -11,6 +11,8 @@ Each start appends one JSON line (pid, attempt, the HERMES_* environment) to
 - `kill-then-ok`: sleep 60 s on the first start, exit 0 afterwards.
 - `slow-ok`: sleep 4 s, then exit 0.
 - `complete-self`: run `hermesd kanban complete --result self` with the environment it got, then exit 0.
+- `complete-then-linger`: complete its task like `complete-self`, then sleep 60 s. On SIGTERM it
+  appends the time to `OUT_DIR/TASK_ID.sigterm` and exits 143.
 """
 
 from __future__ import annotations
@@ -51,12 +53,21 @@ def main() -> int:
     if mode == "slow-ok":
         time.sleep(4)
         return 0
-    if mode == "complete-self":
+    if mode in ("complete-self", "complete-then-linger"):
         result = subprocess.run([sys.executable, "-m", "supervisor", "kanban", "complete", "--result", "self"],
                                 capture_output=True, text=True)
-        print(result.stdout, result.stderr)
-        return result.returncode
+        print(result.stdout, result.stderr, flush=True)
+        if mode == "complete-self" or result.returncode != 0:
+            return result.returncode
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: record_sigterm(out_dir / f"{task_id}.sigterm"))
+        time.sleep(60)
     return 0
+
+
+def record_sigterm(path: Path) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"{time.time()}\n")
+    sys.exit(143)
 
 
 if __name__ == "__main__":

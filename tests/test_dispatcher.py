@@ -437,3 +437,161 @@ def test_descriptors_flat_over_2000_passes(tmp_path: Path) -> None:
         assert wake.is_set(), "the watcher should have woken the leader"
     finally:
         harness.close()
+
+
+# Workers of closed runs
+
+def start_running(harness: Harness, mode: str, title: str, **options: Any) -> str:
+    """Create a researcher task whose worker runs in `mode`; return its id once the worker has started."""
+    write_profile(harness.home, "researcher", mode, harness.out)
+    task_id = harness.create(title, **options)
+    harness.run_until(lambda: harness.starts(task_id) and harness.task(task_id)["worker_pid"],
+                      message="the worker to start")
+    return task_id
+
+
+def wrapper_and_worker(harness: Harness, task_id: str) -> tuple[int, int]:
+    """Return the pids of the running task's wrapper and of the stand-in worker under it."""
+    starts = harness.starts(task_id)
+    return harness.task(task_id)["worker_pid"], starts[-1]["pid"]
+
+
+def block_as_user(harness: Harness, task_id: str) -> None:
+    with harness.cli.transaction() as conn:
+        assert tasks.block_task(conn, task_id, "stop")
+
+
+def test_block_then_unblock_waits_for_old_worker(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, release_grace_seconds=2.0, kill_grace_seconds=1.0)
+    try:
+        task_id = start_running(harness, "sleep", "blocked while running")
+        first_worker = harness.starts(task_id)[0]["pid"]
+        block_as_user(harness, task_id)
+        with harness.cli.transaction() as conn:
+            assert tasks.unblock_task(conn, task_id)
+
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            harness.dispatcher.run_pass(harness.boards)
+            time.sleep(0.05)
+        assert len(harness.starts(task_id)) == 1, "a second worker started while the first still ran"
+        assert harness.task(task_id)["status"] == "ready"
+
+        harness.run_until(lambda: len(harness.starts(task_id)) == 2, message="the second worker to start")
+        assert is_gone(first_worker)
+        assert [run["outcome"] for run in harness.runs(task_id)] == ["blocked", None]
+        assert harness.events(task_id, "crashed") == []
+        assert harness.task(task_id)["consecutive_failures"] == 0
+    finally:
+        harness.close()
+
+
+def test_blocked_stubborn_worker_is_killed(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, release_grace_seconds=0.5, kill_grace_seconds=0.5)
+    try:
+        task_id = start_running(harness, "stubborn", "blocked and stubborn")
+        wrapper, worker = wrapper_and_worker(harness, task_id)
+        block_as_user(harness, task_id)
+
+        harness.run_until(lambda: is_gone(worker) and is_gone(wrapper), message="the worker to be killed")
+        harness.run_until(lambda: not harness.dispatcher.states["default"].released,
+                          message="the dispatcher to forget the worker")
+        assert harness.task(task_id)["status"] == "blocked"
+        assert harness.events(task_id, "crashed") == []
+        runs_directory = harness.home.kanban_root / "kanban" / "logs" / "runs"
+        assert list(runs_directory.iterdir()) == []
+    finally:
+        harness.close()
+
+
+def test_worker_completing_itself_gets_grace(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, release_grace_seconds=2.0)
+    try:
+        write_profile(harness.home, "researcher", "complete-then-linger", harness.out)
+        task_id = harness.create("completes, then lingers")
+        harness.run_until(lambda: harness.task(task_id)["status"] == "done", message="the task to be done")
+        completed_at = harness.task(task_id)["completed_at"]
+        sigterm = harness.out / f"{task_id}.sigterm"
+        harness.run_until(sigterm.exists, message="the lingering worker to get SIGTERM")
+
+        assert float(sigterm.read_text()) - completed_at >= 2.0, "SIGTERM came before the grace time was over"
+        assert harness.task(task_id)["result"] == "self"
+        assert harness.task(task_id)["consecutive_failures"] == 0
+        kinds = [event["kind"] for event in harness.events(task_id)]
+        assert kinds == ["created", "claimed", "spawned", "completed"]
+    finally:
+        harness.close()
+
+
+def test_new_leader_stops_released_worker(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, release_grace_seconds=0.5, kill_grace_seconds=0.5)
+    first = harness.dispatcher
+    try:
+        task_id = start_running(harness, "sleep", "blocked across a failover")
+        _wrapper, worker = wrapper_and_worker(harness, task_id)
+        block_as_user(harness, task_id)
+        # The next leader has no memory of the worker, so it must find it through the run's pid file.
+        harness.dispatcher = Dispatcher(harness.home, release_grace_seconds=0.5, kill_grace_seconds=0.5)
+
+        harness.run_until(lambda: is_gone(worker), message="the new leader to stop the worker")
+        assert harness.task(task_id)["status"] == "blocked"
+    finally:
+        harness.dispatcher.children.update(first.children)
+        harness.close()
+
+
+# Interrupted workers
+
+def terminate_each(pid: int) -> None:
+    """Send SIGTERM to `pid` and each of its descendants, one by one, as the supervisor does at shutdown."""
+    wrapper = psutil.Process(pid)
+    for process in [wrapper, *wrapper.children(recursive=True)]:
+        try:
+            process.terminate()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+
+
+def test_shutdown_requeues_without_failure(harness: Harness) -> None:
+    task_id = start_running(harness, "kill-then-ok", "interrupted by hermesd down", max_retries=1)
+    terminate_each(harness.task(task_id)["worker_pid"])
+    harness.run_until(lambda: harness.task(task_id)["status"] == "done", message="the restarted task to complete")
+
+    assert [run["outcome"] for run in harness.runs(task_id)] == ["reclaimed", "completed"]
+    reclaimed = harness.events(task_id, "reclaimed")
+    assert len(reclaimed) == 1
+    assert reclaimed[0]["payload"]["reason"] == "interrupted"
+    assert reclaimed[0]["payload"]["signal"] == signal.SIGTERM
+    assert harness.events(task_id, "crashed") == []
+    assert harness.events(task_id, "gave_up") == []
+    assert harness.task(task_id)["consecutive_failures"] == 0
+
+
+def test_sigterm_to_wrapper_reaches_worker(harness: Harness) -> None:
+    task_id = start_running(harness, "kill-then-ok", "wrapper interrupted", max_retries=1)
+    wrapper, worker = wrapper_and_worker(harness, task_id)
+    os.kill(wrapper, signal.SIGTERM)
+    harness.run_until(lambda: harness.task(task_id)["status"] == "done", message="the restarted task to complete")
+
+    assert is_gone(worker)
+    assert [run["outcome"] for run in harness.runs(task_id)] == ["reclaimed", "completed"]
+    assert harness.events(task_id, "gave_up") == []
+
+
+def test_interrupt_survives_sigkill(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path)
+    try:
+        task_id = start_running(harness, "stubborn", "interrupted, then killed", max_retries=1)
+        wrapper, worker = wrapper_and_worker(harness, task_id)
+        status_file = Path(harness.runs(task_id)[0]["metadata"]["hermesd"]["status_file"])
+        os.kill(wrapper, signal.SIGTERM)
+        wait_for(status_file.exists, message="the wrapper to record the interruption")
+        os.killpg(wrapper, signal.SIGKILL)
+        harness.run_until(lambda: harness.runs(task_id)[0]["outcome"] is not None, message="the run to end")
+
+        assert is_gone(worker)
+        assert harness.runs(task_id)[0]["outcome"] == "reclaimed"
+        assert harness.events(task_id, "gave_up") == []
+        assert harness.task(task_id)["consecutive_failures"] == 0
+    finally:
+        harness.close()
