@@ -39,13 +39,13 @@ from kanban import outcomes, tasks
 from kanban.home import Home
 from kanban.jsonfile import read_json_object
 from kanban.profiles import ConfigError
+from kanban.released import ReleasedWorker, ReleasedWorkers, hermesd_identity
 from kanban.settings import WORKER_COMMAND_KEY, DispatchSettings, SettingsCache, worker_command
 from kanban.store import Board
 from kanban.watcher import ChangeWatcher
 from kanban.workers import (
-    PID_SUFFIX, STATUS_SUFFIX, WorkerFiles, WorkerProcess, WorkerSpec, board_directory, is_alive, kill_orphans,
-    launch_worker, live_wrapper_from_pid_file, missing_program, process_start_time, runs_directory,
-    signal_worker, worker_environment,
+    STATUS_SUFFIX, WorkerFiles, WorkerProcess, WorkerSpec, board_directory, is_alive, kill_orphans, launch_worker,
+    missing_program, process_start_time, runs_directory, signal_worker, worker_environment,
 )
 
 log = logging.getLogger(__name__)
@@ -64,19 +64,6 @@ RELEASE_GRACE_SECONDS = 10.0
 DATABASE_FILES = ("kanban.db", "kanban.db-wal")
 
 Launcher = Callable[[WorkerSpec], WorkerProcess]
-
-
-@dataclass
-class ReleasedWorker:
-    """A worker that still runs after its run was closed, with the times (epoch seconds) the leader signalled it."""
-
-    task_id: str
-    run_id: int
-    pid: int
-    start_time: float | None
-    closed_at: float
-    terminated_at: float | None = None
-    killed_at: float | None = None
 
 
 @dataclass
@@ -108,6 +95,7 @@ class Dispatcher:
         self.kill_grace_seconds = kill_grace_seconds
         self.start_grace_seconds = start_grace_seconds
         self.release_grace_seconds = release_grace_seconds
+        self.released = ReleasedWorkers(home, release_grace_seconds, kill_grace_seconds)
         self.claim_lock = f"{socket.gethostname()}:{os.getpid()}"
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.known_runs: set[int] = set()
@@ -129,7 +117,7 @@ class Dispatcher:
             if not self.needs_pass(board, state, settings):
                 continue
             running = self.supervise_running(board, settings)
-            self.supervise_released(board, state)
+            self.released.supervise(board, state.released)
             self.promote(board)
             if claims_open:
                 try:
@@ -339,7 +327,7 @@ class Dispatcher:
         """Claim one ready task within the limits; return its run id and hermesd's run metadata, or None.
 
         A task with a live worker from an earlier run is not claimed. That worker is
-        handed to `supervise_released`, and the task waits until it has exited.
+        handed to `ReleasedWorkers`, and the task waits until it has exited.
         """
         others = [other for other in boards.values() if other is not board]
         with board.write() as conn:
@@ -349,7 +337,7 @@ class Dispatcher:
                 return None
             if not self.has_capacity(conn, others, profile, settings):
                 return None
-            if self.earlier_worker_alive(conn, board, task_id, state):
+            if self.released.earlier_worker_alive(conn, board, task_id, state.released):
                 return None
             if row[2] is None:
                 tasks.assign_task(conn, task_id, profile)
@@ -432,115 +420,3 @@ class Dispatcher:
                   " (gave up)" if gave_up else "", message)
 
     # Workers of closed runs
-
-    def supervise_released(self, board: Board, state: BoardState) -> None:
-        """Stop workers that outlive their closed runs, and remove the files of runs whose wrapper has exited."""
-        self.scan_run_files(board, state)
-        for run_id, worker in list(state.released.items()):
-            if is_alive(worker.pid, worker.start_time):
-                self.stop_released(board, worker)
-                continue
-            del state.released[run_id]
-            self.clean_up_exited(WorkerFiles.for_run(self.home, board.slug, worker.task_id, run_id), worker.pid,
-                                 run_id)
-            log.info("worker pid %d of the closed run %d of task %s on board %s has exited", worker.pid, run_id,
-                     worker.task_id, board.slug)
-
-    def scan_run_files(self, board: Board, state: BoardState) -> None:
-        """Check the pid and exit status files of closed runs (runs that their task no longer runs).
-
-        A wrapper that still runs is added to `state.released`, and the files of an
-        exited wrapper are removed. Files of open runs are left to `supervise_running`.
-        """
-        directory = runs_directory(self.home, board.slug)
-        try:
-            names = [entry.name for entry in os.scandir(directory)]
-        except OSError:
-            return
-        runs: dict[int, str] = {}
-        for name in names:
-            stem = name.removesuffix(STATUS_SUFFIX).removesuffix(PID_SUFFIX)
-            task_id, _, run_text = stem.rpartition(".")
-            if stem != name and task_id and run_text.isdigit():
-                runs[int(run_text)] = task_id
-
-        for run_id, task_id in runs.items():
-            if run_id in state.released:
-                continue
-            row = board.connection.execute(
-                "SELECT r.ended_at, r.metadata, t.status, t.current_run_id FROM task_runs r "
-                "LEFT JOIN tasks t ON t.id = r.task_id WHERE r.id = ?", (run_id,)).fetchone()
-            files = WorkerFiles.for_run(self.home, board.slug, task_id, run_id)
-            if row is not None and row[0] is None and row[2] == "running" and row[3] == run_id:
-                continue
-            identity = hermesd_identity(tasks.decode_json(row[1])) if row is not None else None
-            worker = self.live_worker(identity, files)
-            if worker is None:
-                pid = identity.get("pid") if identity is not None else None
-                self.clean_up_exited(files, pid if isinstance(pid, int) else None, run_id)
-            else:
-                closed_at = float(row[0]) if row is not None and row[0] is not None else time.time()
-                self.add_released(board, state, ReleasedWorker(task_id, run_id, *worker, closed_at=closed_at))
-
-    def live_worker(self, identity: dict[str, Any] | None,
-                    files: WorkerFiles) -> tuple[int, float | None] | None:
-        """Return the pid and start time of the run's wrapper while it is alive, else None."""
-        if identity is not None and isinstance(identity.get("pid"), int):
-            pid, start_time = identity["pid"], identity.get("start_time")
-            return (pid, start_time) if is_alive(pid, start_time) else None
-        return live_wrapper_from_pid_file(files.pid_file)
-
-    def clean_up_exited(self, files: WorkerFiles, pid: int | None, run_id: int) -> None:
-        """Remove an exited wrapper's files; kill what is left of its group when it died without a final status."""
-        status = read_json_object(files.status)
-        if pid is not None and (status is None or status.get("ended_at") is None):
-            killed = kill_orphans(pid, run_id)
-            if killed:
-                log.warning("killed %d leftover process(es) of the dead worker of the closed run %d", killed, run_id)
-        files.remove_run_files()
-
-    def add_released(self, board: Board, state: BoardState, worker: ReleasedWorker) -> None:
-        state.released[worker.run_id] = worker
-        remaining = max(0.0, worker.closed_at + self.release_grace_seconds - time.time())
-        log.info("worker pid %d of task %s on board %s still runs after its run %d was closed; it has %.0f s to "
-                 "exit before it is stopped", worker.pid, worker.task_id, board.slug, worker.run_id, remaining)
-
-    def stop_released(self, board: Board, worker: ReleasedWorker) -> None:
-        """Send SIGTERM once the release grace time has passed, and SIGKILL once the kill grace time has too."""
-        current = time.time()
-        if worker.terminated_at is None:
-            if current - worker.closed_at < self.release_grace_seconds:
-                return
-            log.warning("worker pid %d of task %s on board %s still runs %.0f s after its run %d was closed; "
-                        "sending SIGTERM", worker.pid, worker.task_id, board.slug, current - worker.closed_at,
-                        worker.run_id)
-            signal_worker(worker.pid, worker.start_time, signal.SIGTERM)
-            worker.terminated_at = current
-        elif worker.killed_at is None and current - worker.terminated_at >= self.kill_grace_seconds:
-            log.warning("worker pid %d of task %s ignored SIGTERM for %.1f s; sending SIGKILL", worker.pid,
-                        worker.task_id, self.kill_grace_seconds)
-            signal_worker(worker.pid, worker.start_time, signal.SIGKILL)
-            worker.killed_at = current
-
-    def earlier_worker_alive(self, conn: Any, board: Board, task_id: str, state: BoardState) -> bool:
-        """True when a worker of an earlier run of the task is still alive; it is then supervised as released."""
-        if any(worker.task_id == task_id for worker in state.released.values()):
-            return True
-        rows = conn.execute("SELECT id, ended_at, metadata FROM task_runs WHERE task_id = ? ORDER BY id",
-                            (task_id,)).fetchall()
-        for run_id, ended_at, metadata in rows:
-            identity = hermesd_identity(tasks.decode_json(metadata))
-            if identity is None:
-                continue
-            worker = self.live_worker(identity, WorkerFiles.for_run(self.home, board.slug, task_id, run_id))
-            if worker is not None:
-                closed_at = float(ended_at) if ended_at is not None else time.time()
-                self.add_released(board, state, ReleasedWorker(task_id, run_id, *worker, closed_at=closed_at))
-                return True
-        return False
-
-
-def hermesd_identity(metadata: Any) -> dict[str, Any] | None:
-    """Return hermesd's worker identity from a run's metadata, or None for a run that hermesd did not start."""
-    identity = metadata.get("hermesd") if isinstance(metadata, dict) else None
-    return identity if isinstance(identity, dict) else None
