@@ -67,7 +67,7 @@ class ReleasedWorkers:
         """Check the pid and exit status files of closed runs (runs that their task no longer runs).
 
         A wrapper that still runs is added to `released`, and the files of an
-        exited wrapper are removed. Files of open runs are left to `supervise_running`.
+        exited wrapper are removed. Files of open runs are left to `Dispatcher.supervise_running`.
         """
         directory = runs_directory(self.home, board.slug)
         try:
