@@ -471,5 +471,22 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _reject_invalid_utf8(arguments: list[str]) -> None:
+    """Exit 2 when an argument is not valid UTF-8, before it can reach a file or a database.
+
+    Python decodes undecodable bytes in argv to lone surrogates, which cannot be written as
+    UTF-8 later; rejecting them here gives one clear message instead of a traceback.
+    """
+    for position, argument in enumerate(arguments, start=1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            typer.echo(f"hermesd: error: argument {position} ({shown!r}) is not valid UTF-8; "
+                       "pass text in UTF-8", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+
+
 def main() -> None:
+    _reject_invalid_utf8(sys.argv[1:])
     app()

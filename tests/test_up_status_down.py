@@ -274,3 +274,13 @@ def test_up_without_owner_warns(hermesd: Hermesd) -> None:
     result = hermesd.up_detached("--only", "writer")
 
     assert "no profile started here has dispatch_in_gateway true" in result.stderr
+
+
+def test_non_utf8_argument_is_rejected(hermesd: Hermesd, home: Path) -> None:
+    title = b"bad\xff\xfeutf".decode("utf-8", "surrogateescape")
+    result = subprocess.run([sys.executable, "-c", "from supervisor.cli import main; main()", "kanban", "create",
+                             title, "--triage"], env=hermesd.environ, capture_output=True)
+
+    assert result.returncode == 2
+    assert b"is not valid UTF-8" in result.stderr
+    assert b"Traceback" not in result.stderr
