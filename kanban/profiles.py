@@ -171,8 +171,9 @@ def _fingerprint(paths: list[Path]) -> str:
         digest.update(str(path).encode())
         try:
             digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"<missing>")
+        except OSError as error:
+            # A missing file and a directory in its place are different changes.
+            digest.update(f"<{type(error).__name__}>".encode())
     return digest.hexdigest()
 
 

@@ -81,6 +81,22 @@ def parse_dispatch_settings(path: Path, kanban: dict[str, Any]) -> DispatchSetti
     return DispatchSettings(**values)
 
 
+def board_wide_settings_error(home: Home) -> ConfigError | None:
+    """The error in the root config.yaml's board-wide kanban settings, or None when they are valid.
+
+    An unreadable config.yaml is not reported here: the default profile reports it.
+    """
+    path = home.root / "config.yaml"
+    try:
+        kanban = read_config_file(path).get("kanban") or {}
+        parse_dispatch_settings(path, kanban)
+    except ConfigError as error:
+        if error.key is None:
+            return None
+        return error
+    return None
+
+
 class SettingsCache:
     """The root config's dispatcher settings, reread only when the file changes.
 

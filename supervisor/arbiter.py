@@ -20,17 +20,18 @@ import filelock
 
 from kanban.election import lock_holders
 from kanban.home import DEFAULT_PROFILE, Home
+from kanban.jsonfile import write_json_atomically
 from kanban.profiles import ConfigError, Profile, load_profiles, read_config_file
+from kanban.settings import board_wide_settings_error
 from supervisor import child as states
 from supervisor.child import GatewayChild
 from supervisor.control import bind_control_socket, serve_one_request
-from supervisor.paths import StatePaths
 from supervisor.descendants import become_subreaper, kill_descendants
 from supervisor.logfile import reopen_file_handlers
+from supervisor.paths import StatePaths
 from supervisor.processes import start_time
 from supervisor.sdnotify import SystemdNotifier, SystemdReporter
 from supervisor.settings import SupervisorSettings
-from kanban.jsonfile import write_json_atomically
 
 log = logging.getLogger("hermesd")
 
@@ -500,6 +501,9 @@ class Supervisor:
         fresh = {profile.name: profile for profile in load_profiles(self.home)}
         self.settings = self._load_settings()
         added, removed, changed, errors = [], [], [], []
+        settings_error = board_wide_settings_error(self.home)
+        if settings_error is not None:
+            errors.append(f"the leader keeps its previous board-wide settings: {settings_error.describe()}")
 
         for name, profile in fresh.items():
             child = self.children.get(name)
@@ -509,6 +513,9 @@ class Supervisor:
                 self.start([name])
                 if profile.error is not None:
                     errors.append(f"profile {name} is not started: {profile.error.describe()}")
+            elif profile.fingerprint == child.profile.fingerprint:
+                if child.error and child.error.startswith(f"profile {name} keeps running") and profile.error is None:
+                    child.error = None  # the files are back to the settings the gateway runs on
             elif profile.fingerprint != child.profile.fingerprint:
                 changed.append(name)
                 if profile.error is not None and child.is_active:
@@ -627,6 +634,7 @@ class Supervisor:
             },
             "profiles": [child.as_dict() for child in self.children.values()],
             "wanted": list(self.wanted),
+            "kanban_home": str(self.home.kanban_root),
         }
 
     def write_state(self, running: bool) -> None:

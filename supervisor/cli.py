@@ -21,6 +21,7 @@ import typer
 
 from kanban.bootstrap import create_minimal_home
 from kanban.home import Home, HomeError, is_valid_name
+from kanban.settings import board_wide_settings_error
 from supervisor import output
 from supervisor.control import ControlError, request
 from supervisor.paths import StatePaths
@@ -126,6 +127,9 @@ def _validate_settings(home: Home) -> None:
         SupervisorSettings.from_config(config, path)
     except ConfigError as error:
         raise fail(error.describe(), EXIT_USAGE) from None
+    settings_error = board_wide_settings_error(home)
+    if settings_error is not None:
+        raise fail(settings_error.describe(), EXIT_USAGE)
 
 
 def _warn_without_owner(home: Home, names: list[str]) -> None:

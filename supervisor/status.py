@@ -15,7 +15,7 @@ from typing import Any
 from kanban.election import lock_holders, read_owner_record
 from kanban.home import DEFAULT_PROFILE, Home, HomeError
 from kanban.profiles import Profile, load_profiles
-from kanban.settings import BOARD_WIDE_KEYS
+from kanban.settings import BOARD_WIDE_KEYS, board_wide_settings_error
 from supervisor.control import ControlError, request
 from supervisor.paths import StatePaths
 from supervisor.processes import is_same_process
@@ -155,6 +155,13 @@ def build_status(home: Home, names: list[str] | None = None) -> dict[str, Any]:
             if entry.get("state") not in ACTIVE:
                 entry["error"] = profile.error.describe()
 
+    warnings = warnings_for(home, disk_profiles, list(entries.values()))
+    supervised_kanban_home = (snapshot or state).get("kanban_home")
+    if supervisor.get("running") and supervised_kanban_home and supervised_kanban_home != str(home.kanban_root):
+        warnings.insert(0, f"the running supervisor uses the kanban home {supervised_kanban_home}, but this "
+                           f"command looked at {home.kanban_root}: the lock and board details below are not the "
+                           "ones its leader uses. Set HERMES_KANBAN_HOME the same way for both")
+
     profiles = list(entries.values())
     if names:
         profiles = [entry for entry in profiles if entry["name"] in names]
@@ -165,7 +172,7 @@ def build_status(home: Home, names: list[str] | None = None) -> dict[str, Any]:
         "supervisor": supervisor,
         "profiles": profiles,
         "lock": lock_status(home, list(entries.values())),
-        "warnings": warnings_for(home, disk_profiles, list(entries.values())),
+        "warnings": warnings,
         "checked_at": time.time(),
     }
 
@@ -203,6 +210,11 @@ def warnings_for(home: Home, disk_profiles: dict[str, Profile], entries: list[di
         if ignored:
             warnings.append(f"{profile.config_path}: kanban.{', kanban.'.join(ignored)} is ignored: board-wide "
                             f"dispatcher settings come from {home.root / 'config.yaml'} whichever profile leads")
+
+    settings_error = board_wide_settings_error(home)
+    if settings_error is not None:
+        warnings.append(f"the board-wide dispatcher settings are invalid, so the leader keeps its previous (or "
+                        f"default) ones: {settings_error.describe()}")
 
     for directory in home.invalid_profile_dirs():
         warnings.append(f"{directory} is not a valid profile name, so hermesd ignores it. Rename it to "

@@ -495,3 +495,51 @@ def test_reload_recreates_deleted_logs(hermesd: Hermesd, home: Path) -> None:
     wait_for(lambda: (logs / "supervisor.log").exists() and "reload:" in (logs / "supervisor.log").read_text(),
              message="the supervisor log to be recreated")
     assert hermesd.run("logs", "writer").returncode == 0
+
+
+def test_env_file_replaced_by_directory_is_reported(hermesd: Hermesd, home: Path) -> None:
+    hermesd.up_detached("--only", "writer")
+    env_file = home / "profiles" / "writer" / ".env"
+    env_file.mkdir()
+
+    broken = hermesd.run("reload")
+
+    assert broken.returncode == 1
+    assert f"{env_file}: cannot read file (IsADirectoryError" in broken.stderr
+    assert "keeps running on its previous settings" in hermesd.profile("writer")["error"]
+
+    env_file.rmdir()
+    fixed = hermesd.run("reload")
+
+    assert fixed.returncode == 0, fixed.stderr
+    assert hermesd.profile("writer")["error"] is None
+
+
+def test_invalid_board_wide_setting_is_reported(hermesd: Hermesd, home: Path) -> None:
+    hermesd.up_detached("--only", "writer")
+    config = home / "config.yaml"
+    config.write_text("kanban:\n  max_in_progress: lots\n")
+
+    reload = hermesd.run("reload")
+    status = hermesd.status()
+    doctor = hermesd.run("doctor")
+    up = hermesd.run("up", "--only", "coder", "--detach")
+
+    message = f"{config}: kanban.max_in_progress: invalid value 'lots'"
+    assert reload.returncode == 1
+    assert message in reload.stderr
+    assert any(message in warning for warning in status["warnings"])
+    assert doctor.returncode == 1
+    assert message in doctor.stdout
+    assert up.returncode == 2
+    assert message in up.stderr
+
+
+def test_status_warns_about_other_kanban_home(hermesd: Hermesd, home: Path, tmp_path: Path) -> None:
+    hermesd.up_detached("--only", "writer")
+    elsewhere = tmp_path / "other-kanban"
+    elsewhere.mkdir()
+
+    status = json.loads(hermesd.run("status", "--json", env={"HERMES_KANBAN_HOME": str(elsewhere)}).stdout)
+
+    assert f"the running supervisor uses the kanban home {home}" in status["warnings"][0]
