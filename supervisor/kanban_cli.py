@@ -240,6 +240,10 @@ def create(
     """Create a task: ready, or todo while a parent is unfinished, or triage with --triage."""
     if assignee is not None and not is_valid_name(assignee):
         raise fail(f"invalid profile name {assignee!r} for --assignee", EXIT_USAGE)
+    if assignee is not None and assignee not in _home(context).profile_names():
+        # The task is still created, so work can be queued before its profile exists.
+        typer.echo(f"hermesd: warning: no profile {assignee!r} exists yet, so this task cannot run until it is "
+                   f"created (`hermes profile create {assignee}`)", err=True)
     with open_board(context, board, create=True) as opened, writing(opened) as conn:
         task_id, created = tasks.create_task(
             conn, title, body=body, assignee=assignee, parents=parent or [], priority=priority,

@@ -259,3 +259,11 @@ def test_watch_prints_new_events(home: Path, hermesd: Hermesd) -> None:
         watcher.kill()
     events = [json.loads(line) for line in output.splitlines()]
     assert any(event["task_id"] == task_id and event["kind"] == "created" for event in events)
+
+
+def test_create_warns_about_missing_assignee(hermesd, home) -> None:
+    result = hermesd.run("kanban", "create", "orphan task", "--assignee", "nosuchprofile")
+
+    assert result.returncode == 0, result.stderr
+    assert "no profile 'nosuchprofile' exists yet" in result.stderr
+    assert result.stdout.strip().startswith("t_")
