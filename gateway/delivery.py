@@ -23,13 +23,14 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import missing_platform_reason
+from gateway.adapters import missing_platform_reason, profile_secrets
 from gateway.adapters.base import Adapter, Settings
-from gateway.adapters.http import SendError
+from gateway.adapters.http import SendError, redact
 from gateway.unix import bind_private_socket, connect, peer_is_allowed
 from kanban.notifier import (REASON_GATEWAY_DOWN, REASON_INVALID, REASON_NOT_CONFIGURED, REASON_TEMPORARY,
                              Ack)
@@ -115,6 +116,9 @@ class DeliveryServer:
         self.path = socket_path(run_dir, settings.profile)
         self.settings = settings
         self.adapters = adapters
+        # Adapters redact these from their errors already; the server redacts again whatever it
+        # logs or answers, so an adapter that misses one, or crashes, cannot leak it.
+        self.secrets = profile_secrets(settings)
         self.delivered = DeliveredIds(delivered_ids_path(run_dir, settings.profile))
         self.pause_before_ack = float(os.environ.get(PAUSE_BEFORE_ACK_VARIABLE) or 0)
         self._send_lock = threading.Lock()
@@ -186,14 +190,17 @@ class DeliveryServer:
             try:
                 adapter.send(message)
             except SendError as error:
+                error_text = redact(str(error), self.secrets)
                 log.warning("cannot send message %s (task %s) to %s chat %s: %s", message_id,
-                            message.get("task_id"), platform, message.get("chat_id"), error)
-                answer: dict[str, Any] = {"ok": False, "id": message_id, "reason": error.kind, "error": str(error)}
+                            message.get("task_id"), platform, message.get("chat_id"), error_text)
+                answer: dict[str, Any] = {"ok": False, "id": message_id, "reason": error.kind, "error": error_text}
                 if error.retry_after is not None:
                     answer["retry_after"] = error.retry_after
                 return answer
             except Exception as error:  # noqa: BLE001 - an adapter bug must not kill the socket
-                log.exception("adapter %s failed on message %s", platform, message_id)
+                # The traceback's exception text can quote a secret, so it is logged redacted.
+                log.error("adapter %s failed on message %s:\n%s", platform, message_id,
+                          redact("".join(traceback.format_exception(error)).rstrip(), self.secrets))
                 return {"ok": False, "id": message_id, "reason": REASON_TEMPORARY,
                         "error": f"{platform}: adapter error {error.__class__.__name__}"}
             self.delivered.add(message_id)

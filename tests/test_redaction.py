@@ -258,3 +258,50 @@ def test_dropped_subscription_event(home, tmp_path, server, logs, monkeypatch):
     assert leaked(str(leader.reports), *secrets) == []
     assert leaked(logs.text, *secrets) == []
     assert RESEARCHER_TASK in logs.text
+
+
+def profile_with_webhook_and_discord(tmp_path: Path, server: FakePlatformServer) -> Settings:
+    host, port = server.httpd.server_address[:2]
+    return settings(tmp_path, {
+        "HERMESD_WEBHOOK_URL": f"http://{USER}:{PASSWORD}@{host}:{port}/hook/{PATH_TOKEN}?token={QUERY_TOKEN}",
+        "HERMESD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "DISCORD_BOT_TOKEN": "DiscTokXYZ987",
+        "DISCORD_API_BASE_URL": server.url,
+        "SLACK_BOT_TOKEN": "xoxb-SLACKLEAK",
+    })
+
+
+def test_other_platform_secrets_in_error(tmp_path, server, logs):
+    # The Discord server echoes the webhook's secrets, which the Discord adapter never sends.
+    server.respond(400, {"message": f"bad {WEBHOOK_SECRET} at /hook/{PATH_TOKEN}?token={QUERY_TOKEN} "
+                                    f"from {USER}:{PASSWORD} with xoxb-SLACKLEAK"})
+    adapters = build_adapters(profile_with_webhook_and_discord(tmp_path, server))
+
+    error = send_error(adapters["discord"], "discord")
+
+    secrets = (WEBHOOK_SECRET, PATH_TOKEN, QUERY_TOKEN, USER, PASSWORD, "/hook", "xoxb-SLACKLEAK", "DiscTokXYZ987")
+    assert "HTTP 400" in str(error)
+    assert leaked(str(error), *secrets) == []
+    assert leaked(logs.text, *secrets) == []
+
+
+def test_adapter_crash_is_redacted(tmp_path, server, logs):
+    # An adapter bug whose exception text carries a secret of another platform.
+    class CrashingAdapter:
+        platform = "discord"
+
+        def send(self, message):
+            raise RuntimeError(f"cannot encode {WEBHOOK_SECRET} for /hook/{PATH_TOKEN}")
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    profile = profile_with_webhook_and_discord(tmp_path, server)
+    gateway = DeliveryServer(run_dir, profile, {"discord": CrashingAdapter()})
+
+    answer = gateway.deliver("default-9-abc", "discord", {"id": "default-9-abc", "platform": "discord",
+                                                          "chat_id": "1001", "task_id": "t_1", "text": "done"})
+
+    assert answer["reason"] == TEMPORARY
+    assert "RuntimeError" in logs.text
+    assert leaked(str(answer), WEBHOOK_SECRET, PATH_TOKEN) == []
+    assert leaked(logs.text, WEBHOOK_SECRET, PATH_TOKEN) == []

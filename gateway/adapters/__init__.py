@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.adapters import discord, local, slack, telegram, webhook
 from gateway.adapters.base import Adapter, Settings
+from gateway.adapters.http import url_secrets
 
 # The variable that turns each optional platform on.
 ENABLING_VARIABLES = {
@@ -29,11 +30,35 @@ _BUILDERS: dict[str, Any] = {
 }
 
 
+# Variables whose whole value is a credential.
+SECRET_VARIABLES = (telegram.TOKEN_VARIABLE, discord.TOKEN_VARIABLE, slack.TOKEN_VARIABLE,
+                    webhook.SECRET_VARIABLE)
+# URL variables whose userinfo, query and fragment can carry a credential.
+BASE_URL_VARIABLES = (telegram.BASE_URL_VARIABLE, discord.BASE_URL_VARIABLE, slack.BASE_URL_VARIABLE)
+
+
+def profile_secrets(settings: Settings) -> list[str]:
+    """List every secret in the profile's platform settings, for `redact`.
+
+    A server of one platform may echo a credential of another (a proxy in front of both, a
+    receiver that logs its requests), so each adapter redacts all of them, not only its own.
+    """
+    secrets = [settings.get(variable) for variable in SECRET_VARIABLES]
+    webhook_url = settings.get(webhook.URL_VARIABLE)
+    if webhook_url:
+        # Receivers put tokens in the path too (Slack's and Discord's incoming webhooks).
+        secrets += [webhook_url, *url_secrets(webhook_url, path=True)]
+    for variable in BASE_URL_VARIABLES:
+        secrets += url_secrets(settings.get(variable))
+    return [secret for secret in secrets if secret]
+
+
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     """Build the adapters whose settings are present, keyed by platform name."""
+    secrets = profile_secrets(settings)
     adapters: dict[str, Adapter] = {}
     for platform, build in _BUILDERS.items():
-        adapter = build(settings)
+        adapter = build(settings, secrets)
         if adapter is not None:
             adapters[platform] = adapter
     return adapters

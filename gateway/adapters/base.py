@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.adapters.http import RetryPolicy, url_secrets
+from gateway.adapters.http import RetryPolicy
 
 # Maximum text length of one chat message, under Discord's limit of 2000 characters.
 MAX_TEXT_CHARS = 1900
@@ -57,19 +57,16 @@ class BotAdapter:
     base_url_variable = ""
     default_base_url = ""
 
-    def __init__(self, settings: Settings, token: str, base_url: str):
+    def __init__(self, settings: Settings, token: str, base_url: str, secrets: Sequence[str]):
         self.settings = settings
         self.token = token
         self.base_url = base_url.rstrip("/")
-
-    @property
-    def secrets(self) -> list[str]:
-        """The bot token and the parts of the base URL that can carry a credential, for `redact`."""
-        return [self.token, *url_secrets(self.base_url)]
+        # Every secret of the profile (`profile_secrets`), redacted from this adapter's errors.
+        self.secrets = [token, *secrets]
 
     @classmethod
-    def build(cls, settings: Settings) -> BotAdapter | None:
+    def build(cls, settings: Settings, secrets: Sequence[str]) -> BotAdapter | None:
         token = settings.get(cls.token_variable)
         if not token:
             return None
-        return cls(settings, token, settings.get(cls.base_url_variable) or cls.default_base_url)
+        return cls(settings, token, settings.get(cls.base_url_variable) or cls.default_base_url, secrets)

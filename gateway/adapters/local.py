@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ class LocalAdapter:
         return {"path": str(self.path)}
 
 
-def build(settings: Settings) -> LocalAdapter:
+def build(settings: Settings, secrets: Sequence[str] = ()) -> LocalAdapter:
     return LocalAdapter(settings)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.adapters.base import Settings
@@ -30,26 +31,26 @@ def sign(secret: str, body: bytes) -> str:
 class WebhookAdapter:
     platform = "webhook"
 
-    def __init__(self, settings: Settings, url: str, secret: str):
+    def __init__(self, settings: Settings, url: str, secret: str, secrets: Sequence[str]):
         self.settings = settings
         self.url = url
         self.secret = secret
+        # Receivers put tokens in the path (Slack's and Discord's incoming webhooks), the query
+        # or the userinfo, so all of them are redacted, with the profile's other secrets.
+        self.secrets = [secret, *url_secrets(url, path=True), *secrets]
 
     def send(self, message: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(message, ensure_ascii=False, sort_keys=True).encode()
         headers = {DELIVERY_HEADER: str(message.get("id", ""))}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
-        # Receivers put tokens in the path (Slack's and Discord's incoming webhooks), the query
-        # or the userinfo, so all of them are redacted.
-        post_json(self.url, message, headers=headers, body_bytes=body,
-                  secrets=[self.secret, *url_secrets(self.url, path=True)], policy=self.settings.retry,
-                  label="webhook: ")
+        post_json(self.url, message, headers=headers, body_bytes=body, secrets=self.secrets,
+                  policy=self.settings.retry, label="webhook: ")
         return {}
 
 
-def build(settings: Settings) -> WebhookAdapter | None:
+def build(settings: Settings, secrets: Sequence[str]) -> WebhookAdapter | None:
     url = settings.get(URL_VARIABLE)
     if not url:
         return None
-    return WebhookAdapter(settings, url, settings.get(SECRET_VARIABLE))
+    return WebhookAdapter(settings, url, settings.get(SECRET_VARIABLE), secrets)
