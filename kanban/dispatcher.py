@@ -9,9 +9,10 @@ that still run after their run was closed by someone else (a user's `block` or
 `release_grace_seconds` to exit on its own, then SIGTERM, then SIGKILL. Then it
 promotes `todo` tasks whose parents are done, and claims `ready` tasks by priority
 then age, within `max_in_progress` (all boards together) and
-`max_in_progress_per_profile`, starting a worker for each. It never claims a task
-while a worker of an earlier run of that task is alive, so a task never has two
-workers at once. It never touches `triage`, `blocked`, `scheduled`, `review`, `done`
+`max_in_progress_per_profile`, starting a worker for each. A task whose worker exited
+75 (rate limited) is not claimed again for `rate_limit_cooldown_seconds`. It never
+claims a task while a worker of an earlier run of that task is alive, so a task never
+has two workers at once. It never touches `triage`, `blocked`, `scheduled`, `review`, `done`
 or `archived` tasks.
 
 The leader calls `run_pass` at least once a second and at once when the watcher
@@ -61,6 +62,11 @@ START_GRACE_SECONDS = 10.0
 # within this time, so its last output is kept.
 RELEASE_GRACE_SECONDS = 10.0
 
+# Time a task whose worker exited 75 (rate limited) waits in `ready` before it is claimed again.
+# Without it the task would be claimed and its worker started again on the next pass, about once
+# a second.
+RATE_LIMIT_COOLDOWN_SECONDS = 30.0
+
 DATABASE_FILES = ("kanban.db", "kanban.db-wal")
 
 Launcher = Callable[[WorkerSpec], WorkerProcess]
@@ -75,6 +81,9 @@ class BoardState:
     has_running: bool = True
     unassigned_logged: set[str] = field(default_factory=set)
     released: dict[int, ReleasedWorker] = field(default_factory=dict)
+    # Rate-limited task ids and the time.monotonic() at which they may be claimed again.
+    # NOTE: this is only in the leader's memory, so a new leader may claim such a task sooner.
+    cooldowns: dict[str, float] = field(default_factory=dict)
 
 
 class LimitReached(Exception):
@@ -88,13 +97,15 @@ class Dispatcher:
 
     def __init__(self, home: Home, wake: threading.Event | None = None, *, launcher: Launcher = launch_worker,
                  kill_grace_seconds: float = KILL_GRACE_SECONDS, start_grace_seconds: float = START_GRACE_SECONDS,
-                 release_grace_seconds: float = RELEASE_GRACE_SECONDS):
+                 release_grace_seconds: float = RELEASE_GRACE_SECONDS,
+                 rate_limit_cooldown_seconds: float = RATE_LIMIT_COOLDOWN_SECONDS):
         self.home = home
         self.settings = SettingsCache(home)
         self.launcher = launcher
         self.kill_grace_seconds = kill_grace_seconds
         self.start_grace_seconds = start_grace_seconds
         self.release_grace_seconds = release_grace_seconds
+        self.rate_limit_cooldown_seconds = rate_limit_cooldown_seconds
         self.released = ReleasedWorkers(home, release_grace_seconds, kill_grace_seconds)
         self.claim_lock = f"{socket.gethostname()}:{os.getpid()}"
         self.children: dict[int, subprocess.Popen[bytes]] = {}
@@ -125,7 +136,8 @@ class Dispatcher:
                 except LimitReached:
                     claims_open = False
                     running += 1
-            state.has_running = running > 0 or bool(state.released)
+            # A board with a task in its cooldown keeps getting passes, so the task starts when the cooldown ends.
+            state.has_running = running > 0 or bool(state.released) or bool(state.cooldowns)
 
     def needs_pass(self, board: Board, state: BoardState, settings: DispatchSettings) -> bool:
         version = board.data_version()
@@ -289,6 +301,11 @@ class Dispatcher:
             new_status = tasks.require_task(conn, task["id"])["status"]
         log.info("worker pid %d of task %s on board %s ended: %s; the task is %s", pid, task["id"], board.slug,
                  outcome, new_status)
+        if outcome == "rate_limited":
+            state = self.states.setdefault(board.slug, BoardState())
+            state.cooldowns[task["id"]] = time.monotonic() + self.rate_limit_cooldown_seconds
+            log.info("task %s on board %s waits %g s before it is claimed again", task["id"], board.slug,
+                     self.rate_limit_cooldown_seconds)
         files.remove_run_files()
         self.children.pop(run["id"], None)
 
@@ -307,8 +324,14 @@ class Dispatcher:
         """Claim ready tasks and start their workers; return how many started. Raise LimitReached when full."""
         ready = board.connection.execute(
             "SELECT id, assignee FROM tasks WHERE status = 'ready' ORDER BY priority DESC, created_at, id").fetchall()
+        current = time.monotonic()
+        for task_id, until in list(state.cooldowns.items()):
+            if until <= current:
+                del state.cooldowns[task_id]
         started = 0
         for task_id, assignee in ready:
+            if task_id in state.cooldowns:
+                continue
             profile = assignee or settings.default_assignee
             if not profile:
                 if task_id not in state.unassigned_logged:

@@ -6,6 +6,7 @@ Each start appends one JSON line (pid, attempt, the HERMES_* environment) to
 - `ok`: print two lines and exit 0.
 - `exit3`: exit 3.
 - `rate-then-ok`: exit 75 on the first start, 0 afterwards.
+- `rate-limited`: exit 75 on every start.
 - `sleep`: sleep 60 s (the tests stop it).
 - `stubborn`: ignore SIGTERM and sleep 60 s.
 - `kill-then-ok`: sleep 60 s on the first start, exit 0 afterwards.
@@ -43,6 +44,8 @@ def main() -> int:
         return 3
     if mode == "rate-then-ok":
         return 75 if attempt == 1 else 0
+    if mode == "rate-limited":
+        return 75
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(60)

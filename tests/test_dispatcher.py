@@ -162,15 +162,44 @@ def test_max_retries_one_blocks_at_once(harness: Harness) -> None:
     assert gave_up[0]["payload"]["effective_limit"] == 1
 
 
-def test_exit_75_requeues_without_failure(harness: Harness) -> None:
-    write_profile(harness.home, "researcher", "rate-then-ok", harness.out)
-    task_id = harness.create("rate limited", max_retries=1)
-    harness.run_until(lambda: harness.task(task_id)["status"] == "done", message="the task to be done")
+def test_exit_75_requeues_without_failure(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, rate_limit_cooldown_seconds=0.2)
+    try:
+        write_profile(harness.home, "researcher", "rate-then-ok", harness.out)
+        task_id = harness.create("rate limited", max_retries=1)
+        harness.run_until(lambda: harness.task(task_id)["status"] == "done", message="the task to be done")
 
-    assert [run["outcome"] for run in harness.runs(task_id)] == ["reclaimed", "completed"]
-    assert len(harness.events(task_id, "rate_limited")) == 1
-    assert harness.events(task_id, "gave_up") == []
-    assert harness.task(task_id)["consecutive_failures"] == 0
+        assert [run["outcome"] for run in harness.runs(task_id)] == ["reclaimed", "completed"]
+        assert len(harness.events(task_id, "rate_limited")) == 1
+        assert harness.events(task_id, "gave_up") == []
+        assert harness.task(task_id)["consecutive_failures"] == 0
+    finally:
+        harness.close()
+
+
+def test_exit_75_waits_for_cooldown(tmp_path: Path) -> None:
+    cooldown = 3.0
+    harness = make_harness(tmp_path, rate_limit_cooldown_seconds=cooldown)
+    try:
+        write_profile(harness.home, "researcher", "rate-limited", harness.out)
+        task_id = harness.create("rate limited")
+        harness.run_until(lambda: harness.runs(task_id) and harness.runs(task_id)[0]["outcome"] == "reclaimed",
+                          message="the first run to end rate-limited")
+        requeued_at = time.monotonic()
+
+        # Passes within the cooldown leave the task ready and start no worker.
+        while time.monotonic() - requeued_at < cooldown - 1.0:
+            harness.dispatcher.run_pass(harness.boards)
+            time.sleep(0.05)
+        assert len(harness.starts(task_id)) == 1
+        assert harness.task(task_id)["status"] == "ready"
+        assert harness.task(task_id)["consecutive_failures"] == 0
+
+        harness.run_until(lambda: len(harness.starts(task_id)) == 2, message="the second start")
+        assert time.monotonic() - requeued_at >= cooldown - 0.1
+        assert harness.events(task_id, "crashed") == []
+    finally:
+        harness.close()
 
 
 def test_missing_command_names_command_and_key(harness: Harness) -> None:
