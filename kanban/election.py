@@ -121,7 +121,7 @@ class LeaderLock:
         return True
 
     def wait_until_free(self, stop: threading.Event | None = None) -> None:
-        """Block in the kernel until nobody holds the lock on the file the path names now.
+        """Block in the kernel until the lock on the file the path names now is free.
 
         Returns right after the lock was free for an instant; the caller must still win
         `try_acquire()`. A stale wait (the file was replaced while waiting) returns too.
@@ -188,7 +188,8 @@ def lock_holders(path: Path) -> list[LockHolder]:
     """Pids that hold a lock on the file `path` names, read from the kernel's lock table (/proc/locks).
 
     The pid is the process that took the lock. A process that inherited the descriptor
-    is not listed, which cannot happen to hermesd's own lock (its descriptor is close-on-exec).
+    is not listed. hermesd's own lock descriptor is never inherited: it is close-on-exec, and py-filelock
+    closes it in forked children.
     """
     identity = path_identity(path)
     if identity is None:
@@ -219,7 +220,7 @@ NETWORK_FILESYSTEMS = {
 
 
 def filesystem_type(path: Path) -> str | None:
-    """The type of the mount that contains `path`, from the longest matching mount point in /proc/self/mounts."""
+    """Return the type of the mount that contains `path`, from the longest matching mount point in /proc/self/mounts."""
     try:
         resolved = str(path.resolve())
         text = Path("/proc/self/mounts").read_text()
@@ -239,7 +240,7 @@ def filesystem_type(path: Path) -> str | None:
 
 
 def network_filesystem(path: Path) -> str | None:
-    """The mount type when `path` is on a network filesystem, else None."""
+    """Return the mount type when `path` is on a network filesystem, else None."""
     kind = filesystem_type(path)
     if kind is None:
         return None
