@@ -29,7 +29,7 @@ import typer
 
 from kanban import tasks
 from kanban.home import DEFAULT_BOARD, Home, is_valid_name
-from kanban.store import Board, BoardError, create_board
+from kanban.store import TASK_STATUSES, Board, BoardError, create_board
 from kanban.workers import signal_worker
 
 EXIT_OK = 0
@@ -42,7 +42,11 @@ TASK_ID_PATTERN = re.compile(r"t_[0-9a-f]{8,}")
 # How often `watch` looks for new events.
 WATCH_POLL_SECONDS = 0.25
 
-kanban_app = typer.Typer(help="Work with the kanban boards of the home.", no_args_is_help=True)
+kanban_app = typer.Typer(
+    help="Work with the kanban boards of the home. Without --board, a command uses the board in "
+         "HERMES_KANBAN_DB (set for workers), then HERMES_KANBAN_BOARD, then the one `hermes kanban boards "
+         "switch` chose, then `default`.",
+    no_args_is_help=True)
 boards_app = typer.Typer(help="List and create boards.", no_args_is_help=True)
 kanban_app.add_typer(boards_app, name="boards")
 
@@ -266,6 +270,8 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """List tasks, highest priority and oldest first."""
+    if status is not None and status not in TASK_STATUSES:
+        raise fail(f"invalid status {status!r} for --status; use one of: {', '.join(TASK_STATUSES)}", EXIT_USAGE)
     with open_board(context, board) as opened:
         rows = tasks.list_tasks(opened.connection, status=status, assignee=assignee, include_archived=archived)
     if as_json:
@@ -449,6 +455,8 @@ def watch(
     deadline = None if timeout is None else time.monotonic() + timeout
     with open_board(context, board) as opened:
         conn = opened.connection
+        if task_id is not None and tasks.get_task(conn, task_id) is None:
+            raise fail(f"task {task_id} not found on board {opened.slug}", EXIT_USAGE)
         last = since if since is not None else conn.execute("SELECT coalesce(max(id), 0) FROM task_events").fetchone()[0]
         try:
             while deadline is None or time.monotonic() < deadline:

@@ -267,3 +267,13 @@ def test_create_warns_about_missing_assignee(hermesd, home) -> None:
     assert result.returncode == 0, result.stderr
     assert "no profile 'nosuchprofile' exists yet" in result.stderr
     assert result.stdout.strip().startswith("t_")
+
+
+def test_list_and_watch_reject_unknown_values(hermesd, home) -> None:
+    listed = hermesd.run("kanban", "list", "--status", "bogus")
+    watched = hermesd.run("kanban", "watch", "--task", "t_00000000", "--timeout", "1")
+
+    assert listed.returncode == 2
+    assert "invalid status 'bogus' for --status" in listed.stderr
+    assert watched.returncode == 2
+    assert "task t_00000000 not found on board default" in watched.stderr
