@@ -86,7 +86,7 @@ class LeaderRuntime:
             if slug in self.boards:
                 continue
             try:
-                board = Board(slug, self.home.board_path(slug))
+                board = Board(slug, self.home.board_path(slug), check_pages=True)
             except BoardError as error:
                 if self.skipped_boards.get(slug) != str(error):
                     log.error("skipping board %s: %s", slug, error)

@@ -78,13 +78,16 @@ def create_board(path: Path) -> None:
 class Board:
     """One open board database, held by the leader for as long as it leads."""
 
-    def __init__(self, slug: str, path: Path):
+    def __init__(self, slug: str, path: Path, check_pages: bool = False):
+        """Open the board; with `check_pages`, also read every page once (the leader does, on takeover)."""
         self.slug = slug
         self.path = path
         self.epoch = 0
         self.connection = connect(path)
         try:
             self._check_hermes_tables()
+            if check_pages:
+                self._check_pages()
             self.connection.executescript(HERMESD_SCHEMA)
         except (sqlite3.Error, BoardError) as error:
             self.connection.close()
@@ -101,8 +104,10 @@ class Board:
             raise BoardError(f"{self.path}: not a Hermes kanban board (missing tables: {', '.join(sorted(missing))}); "
                              "it is left untouched")
         self.connection.execute("SELECT count(*) FROM tasks").fetchone()
+
+    def _check_pages(self) -> None:
         # quick_check reads every page once (it skips the index-content checks of integrity_check),
-        # which is cheap for kanban boards and catches damage that a single query would miss.
+        # which catches damage that a single query would miss. Short CLI commands skip it.
         result = self.connection.execute("PRAGMA quick_check(1)").fetchone()[0]
         if result != "ok":
             raise BoardError(f"{self.path}: database disk image is damaged ({result}); it is left untouched, "
