@@ -133,7 +133,7 @@ class Candidate:
         if self.services_factory is not None:
             runtime.services = self.services_factory(runtime)
         self.runtime = runtime
-        log.info("%s is the leader (pid holds %s)", self.profile, self.lock.path)
+        log.info("%s is the leader: it holds the lock %s", self.profile, self.lock.path)
         self.report("role", role="leader")
 
         try:

@@ -130,7 +130,7 @@ class Home:
         return slugs
 
     def board_files(self) -> list[Path]:
-        """Every database file of every board: `kanban.db` and its `-wal` and `-shm` companions."""
+        """List every database file of every board: `kanban.db` and its `-wal` and `-shm` companions."""
         files = []
         for slug in self.board_slugs():
             database = self.board_path(slug)

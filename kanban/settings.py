@@ -82,7 +82,7 @@ def parse_dispatch_settings(path: Path, kanban: dict[str, Any]) -> DispatchSetti
 
 
 def board_wide_settings_error(home: Home) -> ConfigError | None:
-    """The error in the root config.yaml's board-wide kanban settings, or None when they are valid.
+    """Return the error in the root config.yaml's board-wide kanban settings, or None when they are valid.
 
     An unreadable config.yaml is not reported here: the default profile reports it.
     """

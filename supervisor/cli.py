@@ -35,7 +35,7 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_HOME = 4
 
-# How long one control request may take; a supervisor starting many gateways answers between starts.
+# How long one control request may take; a supervisor starting many gateways responds between starts.
 CONTROL_TIMEOUT_SECONDS = 30.0
 # How long `up --detach` waits for every gateway to report ready or fail.
 DETACH_TIMEOUT_SECONDS = 60.0

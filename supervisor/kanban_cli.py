@@ -395,7 +395,7 @@ def archive(
             raise fail(f"task {task_id} is already archived", EXIT_FAILED)
     identity = ((run or {}).get("metadata") or {}).get("hermesd") or {}
     if identity.get("pid") and signal_worker(identity["pid"], identity.get("start_time"), signal.SIGTERM):
-        typer.echo(f"stopped worker pid {identity['pid']}")
+        typer.echo(f"sent SIGTERM to worker pid {identity['pid']}; the leader sends SIGKILL if it does not exit")
     typer.echo(f"archived: {task_id}")
 
 

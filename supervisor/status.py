@@ -26,7 +26,7 @@ ACTIVE = ("starting", "running", "stopping")
 
 
 def supervisor_pid(paths: StatePaths) -> int | None:
-    """The pid of the live supervisor of this home, or None (checked by pid and start time)."""
+    """Return the pid of the live supervisor of this home, or None (checked by pid and start time)."""
     state = read_json_object(paths.state_file) or {}
     record = state.get("supervisor")
     if isinstance(record, dict) and record.get("running") and isinstance(record.get("pid"), int):
@@ -37,7 +37,7 @@ def supervisor_pid(paths: StatePaths) -> int | None:
 
 
 def live_snapshot(paths: StatePaths, timeout: float = 5.0) -> dict[str, Any] | None:
-    """The running supervisor's own view, or None when no supervisor answers."""
+    """Return the running supervisor's own view, or None when no supervisor responds."""
     if not paths.control_socket.exists():
         return None
     try:
@@ -85,7 +85,7 @@ def _check_recorded_entry(entry: dict[str, Any], supervisor_alive: bool) -> dict
 
 
 def _recorded_entries(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The state file's profile entries that have the expected shape; the rest is ignored.
+    """Return the state file's profile entries, without the fields whose type is wrong.
 
     The state file is hermesd's own, but it may have been edited or damaged by hand.
     """

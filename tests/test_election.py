@@ -287,7 +287,8 @@ def test_processes_racing_never_both_hold(tmp_path: Path) -> None:
     assert len(lines) == 800
     for index in range(0, len(lines), 2):
         enter, leave = lines[index].split(), lines[index + 1].split()
-        assert enter[0] == "enter" and leave[0] == "leave", lines[index:index + 2]
+        assert enter[0] == "enter", lines[index:index + 2]
+        assert leave[0] == "leave", lines[index:index + 2]
         assert enter[1] == leave[1], f"two holders at once: {lines[index:index + 2]}"
 
 
@@ -348,7 +349,8 @@ def test_standby_takes_over_while_worker_lives(hermesd: Hermesd, home: Path, tmp
     os.kill(leader, signal.SIGKILL)
 
     wait_for(lambda: hermesd.profile("coder")["role"] == "leader", message="coder to take over")
-    assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+    assert worker.is_running()
+    assert worker.status() != psutil.STATUS_ZOMBIE
     lock_path = home / "kanban" / ".dispatcher.lock"
     assert [holder.pid for holder in lock_holders(lock_path)] == [hermesd.profile("coder")["pid"]]
     assert str(lock_path) not in [item.path for item in worker.open_files()]
